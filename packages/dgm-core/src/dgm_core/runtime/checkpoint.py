@@ -1,0 +1,200 @@
+"""Checkpoints that survive crashes: atomic directories, safetensors weights, no pickled code.
+
+Layout of one checkpoint::
+
+    <run_dir>/checkpoints/step_000500/
+        model.safetensors     every tracked module's weights, keys prefixed "<name>."
+        config.json           {"name": ..., "step": ..., "model": <model config>, "run": <full config>}
+        training_state.pt     optimizers, schedulers, grad scaler, step, RNG states of every rank, extras
+
+A checkpoint is written into a hidden temporary directory and renamed into place
+only when complete, so a crash mid-save leaves the previous checkpoints intact and
+never a half-written ``step_N``. Only the newest ``keep_last`` are kept.
+``training_state.pt`` is read with ``torch.load(weights_only=True)``: loading never
+runs pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+
+from dgm_core.errors import UserError
+from dgm_core.runtime.distributed import unwrap_model
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+STATE_FILE = "training_state.pt"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, half-written, corrupt or does not fit the model."""
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON next to ``path`` then rename over it: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bundle(modules: Mapping[str, torch.nn.Module]) -> torch.nn.ModuleDict:
+    return torch.nn.ModuleDict({name: unwrap_model(module) for name, module in modules.items()})
+
+
+def save_weights(path: str | os.PathLike, modules: Mapping[str, torch.nn.Module]) -> None:
+    """Save modules into one safetensors file; shared (tied) tensors are stored once."""
+    save_model(_bundle(modules), str(path))
+
+
+def load_weights(path: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True) -> None:
+    """Load weights saved by :func:`save_weights` into ``modules`` (tied weights restored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file missing: {path}")
+    try:
+        missing, unexpected = load_model(_bundle(modules), str(path), strict=False)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"weights file {path} is corrupt or unreadable: {error}") from None
+    except RuntimeError as error:  # size mismatch
+        first = str(error).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
+        raise CheckpointError(f"weights in {path} do not fit the model: {detail}") from None
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s), e.g. {sorted(missing)[0]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s), e.g. {sorted(unexpected)[0]}")
+        raise CheckpointError(f"weights in {path} do not fit the model: {'; '.join(parts)}")
+
+
+class CheckpointManager:
+    """The ``checkpoints/`` folder of a run: save, list, find the latest, prune, load."""
+
+    def __init__(self, directory: str | os.PathLike, keep_last: int = 3):
+        if keep_last < 1:
+            raise UserError(f"keep_checkpoints must be at least 1, got {keep_last}")
+        self.directory = Path(directory)
+        self.keep_last = keep_last
+
+    # ----------------------------------------------------------------- listing
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.directory.is_dir():
+            return []
+        found = []
+        for child in self.directory.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and child.is_dir():
+                found.append((int(match.group(1)), child))
+        return [path for _, path in sorted(found)]
+
+    def latest(self) -> Path | None:
+        checkpoints = self.list()
+        return checkpoints[-1] if checkpoints else None
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"step_{step:06d}"
+
+    # ----------------------------------------------------------------- saving
+    def save(
+        self,
+        step: int,
+        modules: Mapping[str, torch.nn.Module],
+        config: Mapping[str, Any],
+        training_state: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write checkpoint ``step`` atomically, then prune to the newest ``keep_last``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(step)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.directory))
+        try:
+            save_weights(tmp / WEIGHTS_FILE, modules)
+            write_json_atomic(tmp / CONFIG_FILE, dict(config))
+            if training_state is not None:
+                with open(tmp / STATE_FILE, "wb") as handle:
+                    torch.save(dict(training_state), handle)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if final.exists():
+                # Re-saving a step (e.g. after a resume): move the old one aside first so
+                # that there is never a moment without a complete step_N.
+                trash = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=self.directory))
+                os.replace(final, trash / final.name)
+                os.replace(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._prune()
+        return final
+
+    def _prune(self) -> None:
+        for old in self.list()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    # ----------------------------------------------------------------- loading
+    @staticmethod
+    def resolve(path: str | os.PathLike) -> Path:
+        """Accept a checkpoint dir, a run dir (its latest checkpoint) or a checkpoints/ dir."""
+        path = Path(path)
+        if (path / WEIGHTS_FILE).exists() or _STEP_DIR.match(path.name):
+            if not path.is_dir():
+                raise CheckpointError(f"checkpoint not found: {path}")
+            return path
+        for candidate in (path / "checkpoints", path):
+            latest = CheckpointManager(candidate).latest()
+            if latest is not None:
+                return latest
+        if not path.exists():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"no checkpoint in {path} (expected step_N/ folders holding {WEIGHTS_FILE})")
+
+    @staticmethod
+    def read_config(checkpoint: str | os.PathLike) -> dict[str, Any]:
+        path = Path(checkpoint) / CONFIG_FILE
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint} is incomplete: {CONFIG_FILE} missing")
+        try:
+            return json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{path} is corrupt: {error}") from None
+
+    @staticmethod
+    def load_weights(checkpoint: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True):
+        load_weights(Path(checkpoint) / WEIGHTS_FILE, modules, strict=strict)
+
+    @staticmethod
+    def load_training_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+        path = Path(checkpoint) / STATE_FILE
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {checkpoint} has no {STATE_FILE}; it cannot be resumed from")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated/garbled files
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{path} is corrupt or unreadable: {message}") from None

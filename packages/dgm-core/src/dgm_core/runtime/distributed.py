@@ -1,0 +1,163 @@
+"""torchrun/DDP in plain words: ranks, the main process, collectives and model wrapping.
+
+A process started by torchrun finds RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+and MASTER_PORT in its environment; :func:`init_distributed` reads them and
+joins the process group (NCCL on CUDA, gloo on CPU). Without them every helper
+here degrades to the single-process case, so model code never branches on
+"am I distributed".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from dgm_core.runtime.device import resolve_device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def get_dist_info() -> DistInfo:
+    """The current process's place, from the process group if joined, else from torchrun's environment."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return DistInfo(
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
+
+
+def init_distributed(device_spec: str = "auto", timeout_s: float = 1800.0) -> tuple[DistInfo, torch.device]:
+    """Resolve the device for this worker and join the process group when launched by torchrun."""
+    info = get_dist_info()
+    device = resolve_device(device_spec, local_rank=info.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if info.is_distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return info, device
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    return get_dist_info().is_main
+
+
+def wait_for_everyone() -> None:
+    """A barrier across all ranks (no-op when single-process)."""
+    if _active():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Let rank 0 run the block first (e.g. to build a cache) while the others wait, then the rest."""
+    main = is_main_process()
+    if not main:
+        wait_for_everyone()
+    yield
+    if main:
+        wait_for_everyone()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks, in place, and return it."""
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` over ranks, in place, and return it."""
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+def all_gather_object(obj: object) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` when single-process)."""
+    if not _active():
+        return [obj]
+    out: list = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_for_metrics(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a per-rank tensor along dim 0 across ranks; ranks may hold different lengths."""
+    if not _active():
+        return tensor
+    length = torch.tensor([tensor.shape[0]], device=tensor.device)
+    lengths = [torch.zeros_like(length) for _ in range(dist.get_world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(x.item() for x in lengths))
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    chunks = [torch.zeros_like(padded) for _ in lengths]
+    dist.all_gather(chunks, padded)
+    return torch.cat([chunk[: int(n.item())] for chunk, n in zip(chunks, lengths)])
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, **ddp_kwargs) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when running distributed, else ``model`` itself."""
+    if not _active():
+        return model
+    if device.type == "cuda":
+        ddp_kwargs.setdefault("device_ids", [device.index])
+        ddp_kwargs.setdefault("output_device", device.index)
+    return torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare module under DDP (and ``torch.compile``) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model

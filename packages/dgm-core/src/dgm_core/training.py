@@ -1,0 +1,333 @@
+"""The scaffolding every training CLI shares, so each package's train step stays short.
+
+A package's training function reads top to bottom::
+
+    def train(cfg: TrainConfig) -> None:
+        with TrainingRun(cfg, model_config=model_cfg, name="fqgan") as run:
+            model = build(model_cfg).to(run.device)
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            run.track(models={"model": model}, optimizers={"model": optimizer})
+            start = run.resume()                      # 0, or the step of the checkpoint
+            ddp_model = run.wrap(model)
+            sampler = run.sampler(len(dataset), cfg.batch_size, start_step=start)
+            for step, indices in zip(run.steps(start), sampler):
+                with run.precision.autocast():
+                    loss = ddp_model(batch(indices))
+                run.precision.backward(loss)
+                run.precision.step(optimizer, max_grad_norm=1.0)
+                optimizer.zero_grad(set_to_none=True)
+                if run.should_log(step):
+                    run.log(step, {"loss": loss})
+
+``TrainingRun`` owns the process group, device, seeding, precision, the run
+directory (``config.json``, ``metrics.jsonl``, ``train.log``, ``checkpoints/``),
+checkpoint cadence and resumption, and the test-only fault injection used to
+prove that torchrun restarts recover.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dgm_core.cli import option
+from dgm_core.data import ShardedBatchSampler
+from dgm_core.errors import UserError
+from dgm_core.runtime.checkpoint import CheckpointError, CheckpointManager, write_json_atomic
+from dgm_core.runtime.device import capture_rng_state, restore_rng_state, seed_everything
+from dgm_core.runtime.distributed import (
+    all_gather_object,
+    all_reduce_mean,
+    init_distributed,
+    shutdown_distributed,
+    unwrap_model,
+    wait_for_everyone,
+    wrap_ddp,
+)
+from dgm_core.runtime.logging import RunLogger
+from dgm_core.runtime.precision import PRECISIONS, Precision
+
+
+@dataclass
+class RuntimeConfig:
+    """Options of every CLI that runs a model."""
+
+    device: str = option("auto", help="Device: auto, cpu, cuda or cuda:N (auto uses cuda:LOCAL_RANK when present).")
+    precision: str = option(
+        "fp32", help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling).", choices=PRECISIONS
+    )
+    seed: int = option(0, help="Random seed; each rank adds its rank.")
+    deterministic: bool = option(False, help="Use deterministic algorithms only (slower).")
+
+
+@dataclass
+class TrainingConfig(RuntimeConfig):
+    """Options of every training CLI."""
+
+    run_dir: str = option("runs/default", help="Directory for config, logs, metrics, samples and checkpoints.")
+    steps: int = option(1000, help="Number of optimizer steps to train for (in total, across resumes).")
+    log_every: int = option(10, help="Log metrics every N steps.")
+    checkpoint_every: int = option(500, help="Save a checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = option(3, help="Keep only the newest N checkpoints.")
+    resume: str = option(
+        "auto",
+        help="auto: continue from the newest checkpoint in run_dir if there is one; "
+        "none: start fresh (refuses a run_dir that has checkpoints); or a checkpoint/run path.",
+    )
+    tensorboard: bool = option(False, help="Also log to TensorBoard (needs the tensorboard package).")
+    progress: bool = option(True, help="Show a progress bar.")
+    fault_at_step: int = option(
+        0, help="Testing only: the last rank crashes at this step on the first attempt (0: never)."
+    )
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite."""
+
+
+def _normalise(data: Any) -> Any:
+    """JSON round trip, so configs compare equal whether fresh or read back from disk."""
+    return json.loads(json.dumps(data, default=str))
+
+
+class TrainingRun:
+    """One training run: process group, device, precision, run directory, checkpoints and logs."""
+
+    def __init__(self, cfg: TrainingConfig, *, model_config: Mapping[str, Any], name: str):
+        self.cfg = cfg
+        self.name = name
+        self.model_config = _normalise(dict(model_config))
+        self.dist, self.device = init_distributed(cfg.device)
+        seed_everything(cfg.seed, rank=self.dist.rank, deterministic=cfg.deterministic)
+        self.precision = Precision(cfg.precision, self.device)
+        if cfg.steps < 1:
+            raise UserError(f"steps must be at least 1, got {cfg.steps}")
+        self.run_dir = Path(cfg.run_dir)
+        self._check_run_dir()
+        self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
+        self.resume_from = self._find_resume_checkpoint()
+        wait_for_everyone()  # every rank has validated before anything is written
+        self.logger = RunLogger(self.run_dir, name=name, is_main=self.dist.is_main, tensorboard=cfg.tensorboard)
+        self.samples_dir = self.run_dir / "samples"
+        if self.dist.is_main:
+            self.samples_dir.mkdir(exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.config_record())
+        self.models: dict[str, torch.nn.Module] = {}
+        self.stateful: dict[str, Any] = {}
+        self._finished = False
+
+    # ------------------------------------------------------------------ setup
+    def _check_run_dir(self) -> None:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.run_dir, prefix=".write-test-"):
+                pass
+        except OSError as error:
+            raise UserError(f"run directory {self.run_dir} is not writable: {error.strerror or error}") from None
+
+    def _find_resume_checkpoint(self) -> Path | None:
+        choice = self.cfg.resume
+        if choice == "none":
+            latest = self.checkpoints.latest()
+            if latest is not None:
+                raise UserError(
+                    f"run directory {self.run_dir} already holds checkpoints (newest {latest.name}); "
+                    "use --resume auto to continue it or choose another --run-dir"
+                )
+            return None
+        checkpoint = self.checkpoints.latest() if choice == "auto" else CheckpointManager.resolve(choice)
+        if checkpoint is None:
+            return None
+        saved = CheckpointManager.read_config(checkpoint)
+        saved_model = saved.get("model")
+        if saved_model != self.model_config:
+            keys = sorted(set(saved_model or {}) | set(self.model_config))
+            diffs = [
+                f"{k}: {(saved_model or {}).get(k)!r} in checkpoint vs {self.model_config.get(k)!r} now"
+                for k in keys
+                if (saved_model or {}).get(k) != self.model_config.get(k)
+            ]
+            raise UserError(
+                f"cannot resume from {checkpoint}: its model config differs ({'; '.join(diffs[:3])}); "
+                "train it in another --run-dir"
+            )
+        return checkpoint
+
+    def config_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model_config,
+            "run": _normalise(dataclasses.asdict(self.cfg)),
+            "world_size": self.dist.world_size,
+            "argv": sys.argv,
+        }
+
+    # ------------------------------------------------------------------ models & state
+    def track(
+        self,
+        models: Mapping[str, torch.nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+        schedulers: Mapping[str, Any] | None = None,
+        extra_state: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Register what checkpoints save and resumes restore.
+
+        ``models`` go to ``model.safetensors``; optimizers, schedulers and any
+        ``extra_state`` object with ``state_dict()``/``load_state_dict()`` go to
+        ``training_state.pt``.
+        """
+        self.models.update({name: unwrap_model(model) for name, model in models.items()})
+        for group, objects in (("optimizer", optimizers), ("scheduler", schedulers), ("extra", extra_state)):
+            for name, obj in (objects or {}).items():
+                self.stateful[f"{group}/{name}"] = obj
+
+    def wrap(self, model: torch.nn.Module, **ddp_kwargs) -> torch.nn.Module:
+        """DDP-wrap ``model`` when distributed (parameters are already identical: same seed/checkpoint)."""
+        return wrap_ddp(model, self.device, **ddp_kwargs)
+
+    def resume(self) -> int:
+        """Restore the tracked state from the checkpoint chosen by ``--resume``; return its step (0 if none)."""
+        if self.resume_from is None:
+            return 0
+        checkpoint = self.resume_from
+        CheckpointManager.load_weights(checkpoint, self.models)
+        state = CheckpointManager.load_training_state(checkpoint)
+        missing = [key for key in self.stateful if key not in state.get("objects", {})]
+        if missing:
+            raise CheckpointError(f"checkpoint {checkpoint} lacks training state for {', '.join(missing)}")
+        for key, obj in self.stateful.items():
+            obj.load_state_dict(state["objects"][key])
+        self.precision.load_state_dict(state.get("precision", {}))
+        rng_states = state.get("rng", [])
+        step = int(state["step"])
+        if len(rng_states) == self.dist.world_size:
+            restore_rng_state(rng_states[self.dist.rank])
+        else:
+            # Another world size: per-rank streams cannot be matched; reseed deterministically instead.
+            self.logger.warning(
+                "checkpoint was written by %d rank(s), now %d: RNG streams reseeded", len(rng_states), self.dist.world_size
+            )
+            seed_everything(self.cfg.seed + step * 7919, rank=self.dist.rank)
+        self.logger.info("resumed from %s at step %d", checkpoint, step)
+        return step
+
+    def save_checkpoint(self, step: int) -> Path | None:
+        """Save every tracked object (collective: call on all ranks). Returns the path on rank 0."""
+        rng_states = all_gather_object(capture_rng_state())
+        path = None
+        if self.dist.is_main:
+            training_state = {
+                "step": step,
+                "world_size": self.dist.world_size,
+                "objects": {key: obj.state_dict() for key, obj in self.stateful.items()},
+                "precision": self.precision.state_dict(),
+                "rng": rng_states,
+            }
+            record = {**self.config_record(), "step": step}
+            path = self.checkpoints.save(step, self.models, record, training_state)
+        wait_for_everyone()
+        return path
+
+    # ------------------------------------------------------------------ loop helpers
+    def steps(self, start: int = 0) -> Iterator[int]:
+        """Yield steps ``start+1 .. cfg.steps``; after each, checkpoint when due (and at the end)."""
+        cfg = self.cfg
+        bar = self.logger.progress(total=cfg.steps, initial=start, desc=self.name, disable=not cfg.progress)
+        try:
+            for step in range(start + 1, cfg.steps + 1):
+                self._maybe_inject_fault(step)
+                yield step
+                bar.update(1)
+                due = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+                if due or step == cfg.steps:
+                    self.save_checkpoint(step)
+        finally:
+            bar.close()
+
+    def sampler(
+        self, num_items: int, batch_size: int, *, start_step: int = 0, lengths: Sequence[int] | None = None, **kwargs
+    ) -> ShardedBatchSampler:
+        """A :class:`ShardedBatchSampler` for this rank, seeded by the run's seed."""
+        return ShardedBatchSampler(
+            num_items,
+            batch_size,
+            seed=self.cfg.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start_step=start_step,
+            lengths=lengths,
+            **kwargs,
+        )
+
+    def should_log(self, step: int) -> bool:
+        return step % max(1, self.cfg.log_every) == 0 or step == self.cfg.steps
+
+    def log(self, step: int, metrics: Mapping[str, Any], reduce: bool = True) -> dict[str, float]:
+        """Average scalar metrics over ranks (collective when ``reduce``) and record them on rank 0."""
+        names = list(metrics)
+        values = torch.tensor(
+            [float(v.detach().float().item()) if torch.is_tensor(v) else float(v) for v in metrics.values()],
+            dtype=torch.float64,
+        )
+        if reduce and self.dist.is_distributed:
+            values = all_reduce_mean(values.to(self.device)).cpu()
+        result = dict(zip(names, values.tolist()))
+        self.logger.log_metrics(step, result)
+        return result
+
+    def check_finite(self, step: int, losses: Mapping[str, Any]) -> None:
+        """Stop with a clear message if a loss is NaN/inf; the last good checkpoint stays untouched."""
+        for name, value in losses.items():
+            number = float(value.detach().float().item()) if torch.is_tensor(value) else float(value)
+            if not math.isfinite(number):
+                latest = self.checkpoints.latest()
+                where = f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
+                raise TrainingDiverged(f"{name} became {number} at step {step}{where}")
+
+    def write_json(self, relative_path: str, data: Any) -> Path:
+        """Write ``run_dir/relative_path`` atomically (rank 0 only)."""
+        path = self.run_dir / relative_path
+        if self.dist.is_main:
+            write_json_atomic(path, data)
+        return path
+
+    def _maybe_inject_fault(self, step: int) -> None:
+        fault = self.cfg.fault_at_step
+        if fault <= 0 or step != fault:
+            return
+        first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
+        if first_attempt and self.dist.rank == self.dist.world_size - 1:
+            self.logger.logger.error("injected fault at step %d on rank %d (--fault-at-step)", step, self.dist.rank)
+            for handler in self.logger.logger.handlers:
+                handler.flush()
+            os._exit(17)
+
+    # ------------------------------------------------------------------ teardown
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        wait_for_everyone()
+        self.logger.close()
+        shutdown_distributed()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            # Do not wait at a barrier for ranks that may be gone; just close the files.
+            self._finished = True
+            self.logger.close()
