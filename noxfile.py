@@ -127,7 +127,9 @@ def wheels(session: nox.Session) -> None:
     shutil.rmtree(dist, ignore_errors=True)
     session.install("build")
     for package in PACKAGES:
-        session.run("python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{package}", silent=True)
+        session.run(
+            "python", "-m", "build", "--wheel", "--outdir", str(dist), f"packages/{package}", silent=True
+        )
     built = sorted(p.name for p in dist.glob("*.whl"))
     session.log("built: " + ", ".join(built))
     if len(built) != len(PACKAGES):
@@ -139,7 +141,8 @@ def wheels(session: nox.Session) -> None:
         "python",
         "-c",
         "import importlib.util, sys; import fqgan, dgm_core; "
-        "sys.exit('transformers must not be installed with fqgan' if importlib.util.find_spec('transformers') else 0)",
+        "found = importlib.util.find_spec('transformers'); "
+        "sys.exit('transformers must not be installed with fqgan' if found else 0)",
     )
     session.run("fqgan-train", "--help", silent=True)
 
@@ -156,7 +159,15 @@ def demo(session: nox.Session) -> None:
     session.run("optimus-generate", "--model", str(runs / "optimus"), "--mode", "interpolate")
     data = runs / "prevalent-data"
     session.run("prevalent-make-data", "--out", str(data))
-    session.run("prevalent-pretrain", "--preset", "demo", "--data", str(data), "--run-dir", str(runs / "prevalent-pretrain"))
+    session.run(
+        "prevalent-pretrain",
+        "--preset",
+        "demo",
+        "--data",
+        str(data),
+        "--run-dir",
+        str(runs / "prevalent-pretrain"),
+    )
     session.run(
         "prevalent-finetune",
         "--task",

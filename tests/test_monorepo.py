@@ -34,7 +34,11 @@ def imported_top_level_modules(package_dir: Path) -> dict[str, set[str]]:
 @pytest.mark.parametrize("package", list(IMPORT_NAMES))
 def test_packages_never_import_each_other(package):
     imports = imported_top_level_modules(ROOT / "packages" / package / "src")
-    others = set(IMPORT_NAMES.values()) - {IMPORT_NAMES[package]} - ({"dgm_core"} if package != "dgm-core" else set())
+    others = (
+        set(IMPORT_NAMES.values())
+        - {IMPORT_NAMES[package]}
+        - ({"dgm_core"} if package != "dgm-core" else set())
+    )
     offenders = {name: sorted(files) for name, files in imports.items() if name in others}
     assert not offenders, f"{package} imports sibling packages: {offenders}"
 
@@ -53,7 +57,8 @@ def test_importing_all_of_dgm_core_loads_no_model_library():
         "import importlib, pkgutil, sys, dgm_core\n"
         "for m in pkgutil.walk_packages(dgm_core.__path__, 'dgm_core.'):\n"
         "    if 'triton' not in m.name: importlib.import_module(m.name)\n"
-        "bad = [n for n in ('transformers', 'torchvision', 'fqgan', 'optimus', 'prevalent') if n in sys.modules]\n"
+        "names = ('transformers', 'torchvision', 'fqgan', 'optimus', 'prevalent')\n"
+        "bad = [n for n in names if n in sys.modules]\n"
         "sys.exit(f'loaded {bad}' if bad else 0)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -71,7 +71,9 @@ def test_corrupt_weights_are_a_clear_error(tmp_path):
 
 
 def test_truncated_training_state_is_a_clear_error(tmp_path):
-    path = CheckpointManager(tmp_path).save(1, {"m": torch.nn.Linear(2, 2)}, {}, {"step": 1, "x": torch.ones(100)})
+    path = CheckpointManager(tmp_path).save(
+        1, {"m": torch.nn.Linear(2, 2)}, {}, {"step": 1, "x": torch.ones(100)}
+    )
     data = (path / STATE_FILE).read_bytes()
     (path / STATE_FILE).write_bytes(data[:50])
     with pytest.raises(CheckpointError, match="corrupt or unreadable"):
@@ -83,7 +85,9 @@ def test_weights_that_do_not_fit_name_the_mismatch(tmp_path):
     with pytest.raises(CheckpointError, match="do not fit the model"):
         CheckpointManager.load_weights(path, {"m": torch.nn.Linear(3, 2)})
     with pytest.raises(CheckpointError, match="missing 1 key"):
-        CheckpointManager.load_weights(path, {"m": torch.nn.Linear(2, 2), "n": torch.nn.Linear(1, 1, bias=False)})
+        CheckpointManager.load_weights(
+            path, {"m": torch.nn.Linear(2, 2), "n": torch.nn.Linear(1, 1, bias=False)}
+        )
 
 
 def test_training_state_is_loaded_without_unpickling_code(tmp_path):

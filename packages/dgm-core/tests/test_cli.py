@@ -35,8 +35,30 @@ def test_defaults_come_from_the_dataclass():
 
 
 def test_flags_are_typed_and_dashed():
-    cfg = parse(["--count", "7", "--rate", "1e-3", "--enabled", "--mode", "exact", "--layers", "2", "3", "--limit", "9"])
-    assert (cfg.count, cfg.rate, cfg.enabled, cfg.mode, cfg.layers, cfg.limit) == (7, 1e-3, True, "exact", [2, 3], 9)
+    cfg = parse(
+        [
+            "--count",
+            "7",
+            "--rate",
+            "1e-3",
+            "--enabled",
+            "--mode",
+            "exact",
+            "--layers",
+            "2",
+            "3",
+            "--limit",
+            "9",
+        ]
+    )
+    assert (cfg.count, cfg.rate, cfg.enabled, cfg.mode, cfg.layers, cfg.limit) == (
+        7,
+        1e-3,
+        True,
+        "exact",
+        [2, 3],
+        9,
+    )
     assert parse(["--enabled", "--no-enabled"]).enabled is False
 
 
@@ -99,7 +121,16 @@ def test_run_help_documents_every_option(capsys):
     status = cli.run(_echo, ExampleConfig, ["--help"], prog="example", presets=PRESETS, module="example_mod")
     out = capsys.readouterr().out
     assert status == 0
-    for flag in ("--count", "--rate", "--enabled", "--mode", "--layers", "--config", "--preset", "--nproc-per-node"):
+    for flag in (
+        "--count",
+        "--rate",
+        "--enabled",
+        "--mode",
+        "--layers",
+        "--config",
+        "--preset",
+        "--nproc-per-node",
+    ):
         assert flag in out
     assert "A count. (default: 3)" in out
 

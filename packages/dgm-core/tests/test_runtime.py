@@ -78,7 +78,9 @@ def test_sampler_is_a_function_of_the_step():
     assert [next(resumed) for _ in range(3)] == first_eight[5:8]
     epoch0 = sorted(i for batch in first_eight[:5] for i in batch)
     assert epoch0 == list(range(20))  # each epoch visits every item once
-    assert ShardedBatchSampler(20, 4, seed=1).batch_for_step(6) != ShardedBatchSampler(20, 4, seed=1).batch_for_step(1)
+    assert ShardedBatchSampler(20, 4, seed=1).batch_for_step(6) != ShardedBatchSampler(
+        20, 4, seed=1
+    ).batch_for_step(1)
 
 
 def test_sampler_shards_ranks_disjointly():

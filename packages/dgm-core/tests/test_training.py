@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import toy_recipe
 from safetensors.torch import load_file
 
-import toy_recipe
 from dgm_core.runtime.logging import read_metrics
 
 HERE = Path(__file__).parent
@@ -35,7 +35,10 @@ def test_a_run_writes_config_metrics_log_and_checkpoints(tmp_path):
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [2, 4, 6]
     assert all(set(r) == {"step", "loss", "lr"} for r in records)
-    assert [p.name for p in sorted((run_dir / "checkpoints").glob("step_*"))] == ["step_000003", "step_000006"]
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("step_*"))] == [
+        "step_000003",
+        "step_000006",
+    ]
     assert "step 6" in (run_dir / "train.log").read_text()
 
 
@@ -107,7 +110,11 @@ def test_bf16_training_on_cpu_runs_and_keeps_fp32_weights(tmp_path):
 
 
 def toy_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.run(
         [sys.executable, "-m", "toy_recipe", "--no-progress", "--device", "cpu", *args],
         env=env,

@@ -61,11 +61,15 @@ def train(cfg: ToyConfig) -> None:
             if run.should_log(step):
                 run.log(step, {"loss": loss, "lr": scheduler.get_last_lr()[0]})
         if run.dist.is_main:
-            run.write_json("final.json", {"param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))})
+            run.write_json(
+                "final.json", {"param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))}
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run(train, ToyConfig, argv, prog="toy-train", description=__doc__, presets=PRESETS, module="toy_recipe")
+    return cli.run(
+        train, ToyConfig, argv, prog="toy-train", description=__doc__, presets=PRESETS, module="toy_recipe"
+    )
 
 
 if __name__ == "__main__":

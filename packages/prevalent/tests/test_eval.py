@@ -189,7 +189,7 @@ def test_cli_scores_a_predictions_file_and_writes_json(tmp_path, small_dataset, 
     assert main([*common, "--predictions", str(submission), "--maps", "1"]) == 0
     printed = capsys.readouterr().out
     assert "missing predictions: 1" in printed and "SR" in printed
-    result = json.loads((tmp_path / "eval.json").read_text())
+    result = json.loads((tmp_path / "submission.eval.json").read_text())
     assert result["num_missing"] == 1 and result["metrics"]["SR"] < 1.0
     assert list((tmp_path / "maps").glob("*.svg"))
 

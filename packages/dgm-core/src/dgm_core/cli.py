@@ -175,7 +175,8 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "con
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UserError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; valid keys: {', '.join(sorted(fields))}"
+            f"unknown key(s) {', '.join(map(repr, unknown))} in {source}; "
+            f"valid keys: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in values.items():
@@ -233,7 +234,9 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", metavar="FILE", help="TOML or JSON file of option defaults (flags override).")
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML or JSON file of option defaults (flags override)."
+    )
     if presets:
         parser.add_argument(
             "--preset",

@@ -62,7 +62,9 @@ from dgm_core.runtime.precision import PRECISIONS, Precision
 class RuntimeConfig:
     """Options of every CLI that runs a model."""
 
-    device: str = option("auto", help="Device: auto, cpu, cuda or cuda:N (auto uses cuda:LOCAL_RANK when present).")
+    device: str = option(
+        "auto", help="Device: auto, cpu, cuda or cuda:N (auto uses cuda:LOCAL_RANK when present)."
+    )
     precision: str = option(
         "fp32", help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling).", choices=PRECISIONS
     )
@@ -74,7 +76,9 @@ class RuntimeConfig:
 class TrainingConfig(RuntimeConfig):
     """Options of every training CLI."""
 
-    run_dir: str = option("runs/default", help="Directory for config, logs, metrics, samples and checkpoints.")
+    run_dir: str = option(
+        "runs/default", help="Directory for config, logs, metrics, samples and checkpoints."
+    )
     steps: int = option(1000, help="Number of optimizer steps to train for (in total, across resumes).")
     log_every: int = option(10, help="Log metrics every N steps.")
     checkpoint_every: int = option(500, help="Save a checkpoint every N steps (0: only at the end).")
@@ -107,6 +111,10 @@ class TrainingRun:
         self.cfg = cfg
         self.name = name
         self.model_config = _normalise(dict(model_config))
+        # A caller that set up the process group itself (a test harness, a notebook) keeps it.
+        self._owns_process_group = not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        )
         self.dist, self.device = init_distributed(cfg.device)
         seed_everything(cfg.seed, rank=self.dist.rank, deterministic=cfg.deterministic)
         self.precision = Precision(cfg.precision, self.device)
@@ -117,7 +125,9 @@ class TrainingRun:
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
         self.resume_from = self._find_resume_checkpoint()
         wait_for_everyone()  # every rank has validated before anything is written
-        self.logger = RunLogger(self.run_dir, name=name, is_main=self.dist.is_main, tensorboard=cfg.tensorboard)
+        self.logger = RunLogger(
+            self.run_dir, name=name, is_main=self.dist.is_main, tensorboard=cfg.tensorboard
+        )
         self.samples_dir = self.run_dir / "samples"
         if self.dist.is_main:
             self.samples_dir.mkdir(exist_ok=True)
@@ -133,7 +143,9 @@ class TrainingRun:
             with tempfile.NamedTemporaryFile(dir=self.run_dir, prefix=".write-test-"):
                 pass
         except OSError as error:
-            raise UserError(f"run directory {self.run_dir} is not writable: {error.strerror or error}") from None
+            raise UserError(
+                f"run directory {self.run_dir} is not writable: {error.strerror or error}"
+            ) from None
 
     def _find_resume_checkpoint(self) -> Path | None:
         choice = self.cfg.resume
@@ -196,7 +208,7 @@ class TrainingRun:
         return wrap_ddp(model, self.device, **ddp_kwargs)
 
     def resume(self) -> int:
-        """Restore the tracked state from the checkpoint chosen by ``--resume``; return its step (0 if none)."""
+        """Restore tracked state from the checkpoint chosen by ``--resume``; return its step (0: none)."""
         if self.resume_from is None:
             return 0
         checkpoint = self.resume_from
@@ -215,7 +227,9 @@ class TrainingRun:
         else:
             # Another world size: per-rank streams cannot be matched; reseed deterministically instead.
             self.logger.warning(
-                "checkpoint was written by %d rank(s), now %d: RNG streams reseeded", len(rng_states), self.dist.world_size
+                "checkpoint was written by %d rank(s), now %d: RNG streams reseeded",
+                len(rng_states),
+                self.dist.world_size,
             )
             seed_everything(self.cfg.seed + step * 7919, rank=self.dist.rank)
         self.logger.info("resumed from %s at step %d", checkpoint, step)
@@ -255,7 +269,13 @@ class TrainingRun:
             bar.close()
 
     def sampler(
-        self, num_items: int, batch_size: int, *, start_step: int = 0, lengths: Sequence[int] | None = None, **kwargs
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        lengths: Sequence[int] | None = None,
+        **kwargs,
     ) -> ShardedBatchSampler:
         """A :class:`ShardedBatchSampler` for this rank, seeded by the run's seed."""
         return ShardedBatchSampler(
@@ -291,7 +311,9 @@ class TrainingRun:
             number = float(value.detach().float().item()) if torch.is_tensor(value) else float(value)
             if not math.isfinite(number):
                 latest = self.checkpoints.latest()
-                where = f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
+                where = (
+                    f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
+                )
                 raise TrainingDiverged(f"{name} became {number} at step {step}{where}")
 
     def write_json(self, relative_path: str, data: Any) -> Path:
@@ -307,7 +329,9 @@ class TrainingRun:
             return
         first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
         if first_attempt and self.dist.rank == self.dist.world_size - 1:
-            self.logger.logger.error("injected fault at step %d on rank %d (--fault-at-step)", step, self.dist.rank)
+            self.logger.logger.error(
+                "injected fault at step %d on rank %d (--fault-at-step)", step, self.dist.rank
+            )
             for handler in self.logger.logger.handlers:
                 handler.flush()
             os._exit(17)
@@ -319,7 +343,8 @@ class TrainingRun:
         self._finished = True
         wait_for_everyone()
         self.logger.close()
-        shutdown_distributed()
+        if self._owns_process_group:
+            shutdown_distributed()
 
     def __enter__(self) -> TrainingRun:
         return self

@@ -34,6 +34,7 @@ import numpy as np
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
+from dgm_core.runtime.checkpoint import write_json_atomic
 from prevalent.env.batch_env import BatchNavEnv
 from prevalent.env.graph import NavGraph, NavGraphs
 
@@ -361,7 +362,9 @@ class EvalConfig:
     )
     history: str = option("all", help="NDH dialog history mode (cvdn only; does not change metrics).")
     output: str = option(
-        "", help="Where to write the JSON metrics. Default: eval.json beside the predictions."
+        "",
+        help="Where to write the JSON metrics. Default: <predictions name>.eval.json beside the predictions "
+        "(never the run's own eval.json).",
     )
     maps: int = option(
         0, help="Draw top-down SVG maps (PNG too when Pillow is present) of the first N episodes."
@@ -396,7 +399,7 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
     graphs = NavGraphs(connectivity)
     if cfg.predictions:
         predictions = load_predictions(cfg.predictions)
-        output = Path(cfg.output) if cfg.output else Path(cfg.predictions).with_name("eval.json")
+        output = Path(cfg.output) if cfg.output else Path(cfg.predictions).with_suffix(".eval.json")
     else:
         predictions = predictions_from_list(baseline_predictions(cfg.baseline, episodes, graphs, cfg.seed))
         output = (
@@ -409,7 +412,7 @@ def run_eval(cfg: EvalConfig) -> EvalReport:
     payload.update(
         {"data": str(data), "connectivity": str(connectivity), "predictions": cfg.predictions or cfg.baseline}
     )
-    output.write_text(json.dumps(payload, indent=1))
+    write_json_atomic(output, payload)
     print(f"metrics written to {output}")
     if cfg.maps > 0 or cfg.map_ids:
         from prevalent.render import render_episode_maps

@@ -68,7 +68,9 @@ def save_weights(path: str | os.PathLike, modules: Mapping[str, torch.nn.Module]
     save_model(_bundle(modules), str(path))
 
 
-def load_weights(path: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True) -> None:
+def load_weights(
+    path: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True
+) -> None:
     """Load weights saved by :func:`save_weights` into ``modules`` (tied weights restored)."""
     path = Path(path)
     if not path.is_file():
@@ -185,7 +187,9 @@ class CheckpointManager:
             raise CheckpointError(f"{path} is corrupt: {error}") from None
 
     @staticmethod
-    def load_weights(checkpoint: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True):
+    def load_weights(
+        checkpoint: str | os.PathLike, modules: Mapping[str, torch.nn.Module], strict: bool = True
+    ):
         load_weights(Path(checkpoint) / WEIGHTS_FILE, modules, strict=strict)
 
     @staticmethod

@@ -27,7 +27,9 @@ def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
             raise UserError(f"device '{spec}' asked for, but CUDA is not available here; use --device cpu")
         index = local_rank if spec == "cuda" else _parse_index(spec)
         if index >= torch.cuda.device_count():
-            raise UserError(f"device cuda:{index} does not exist ({torch.cuda.device_count()} CUDA device(s))")
+            raise UserError(
+                f"device cuda:{index} does not exist ({torch.cuda.device_count()} CUDA device(s))"
+            )
         return torch.device("cuda", index)
     raise UserError(f"unknown device '{spec}': expected auto, cpu, cuda or cuda:N")
 

@@ -142,6 +142,35 @@ def gather_for_metrics(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([chunk[: int(n.item())] for chunk, n in zip(chunks, lengths)])
 
 
+def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s parameters and buffers (what DDP does at construction)."""
+    if _active():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=src)
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average gradients over ranks in one flat all-reduce (what DDP does during backward).
+
+    For models DDP cannot wrap, e.g. an agent whose rollout calls the model many times before
+    one backward pass. Parameters without a gradient on this rank contribute zeros.
+    """
+    if not _active():
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for param, grad in zip(params, grads):
+        count = grad.numel()
+        param.grad = flat[offset : offset + count].view_as(param).clone()
+        offset += count
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, **ddp_kwargs) -> torch.nn.Module:
     """DistributedDataParallel around ``model`` when running distributed, else ``model`` itself."""
     if not _active():

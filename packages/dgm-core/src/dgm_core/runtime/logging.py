@@ -66,9 +66,11 @@ def _format(value: Any) -> str:
 
 
 class RunLogger:
-    """Logs of one run: ``<run_dir>/train.log``, ``metrics.jsonl`` (one flushed object per call), TensorBoard."""
+    """Logs of one run: ``train.log``, ``metrics.jsonl`` (one flushed object per call), TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, name: str = "dgm", is_main: bool = True, tensorboard: bool = False):
+    def __init__(
+        self, run_dir: str | Path, name: str = "dgm", is_main: bool = True, tensorboard: bool = False
+    ):
         self.run_dir = Path(run_dir)
         self.is_main = is_main
         self.logger = get_logger(name, is_main, self.run_dir / "train.log" if is_main else None)
@@ -78,7 +80,9 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                self.logger.warning("tensorboard is not installed (pip install 'dgm-core[tensorboard]'); skipping it")
+                self.logger.warning(
+                    "tensorboard is not installed (pip install 'dgm-core[tensorboard]'); skipping it"
+                )
             else:
                 self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
 
@@ -96,13 +100,17 @@ class RunLogger:
         assert self._metrics is not None
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
-        self.logger.info("step %d | %s", step, " | ".join(f"{k} {_format(v)}" for k, v in record.items() if k != "step"))
+        self.logger.info(
+            "step %d | %s", step, " | ".join(f"{k} {_format(v)}" for k, v in record.items() if k != "step")
+        )
         if self._tensorboard is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, step)
 
-    def progress(self, iterable: Iterable | None = None, total: int | None = None, initial: int = 0, **kwargs):
+    def progress(
+        self, iterable: Iterable | None = None, total: int | None = None, initial: int = 0, **kwargs
+    ):
         """A tqdm bar on the main process; a silent pass-through elsewhere."""
         disable = kwargs.pop("disable", False) or not self.is_main
         return tqdm(iterable, total=total, initial=initial, disable=disable, dynamic_ncols=True, **kwargs)

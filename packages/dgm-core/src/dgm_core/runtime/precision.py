@@ -28,7 +28,9 @@ class Precision:
         if name == "fp16" and device.type != "cuda":
             raise UserError("precision fp16 needs a CUDA device; on CPU use --precision bf16 or fp32")
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise UserError(f"precision bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16")
+            raise UserError(
+                f"precision bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16"
+            )
         self.name = name
         self.device = device
         self.dtype = _DTYPES[name]

@@ -1,0 +1,301 @@
+"""prevalent-finetune: the task registry, one training step of each task, help, errors, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dgm_core.errors import UserError
+from prevalent.data.synthetic import make_synthetic_dataset
+from prevalent.evaluate import load_predictions
+from prevalent.finetune import (
+    TASKS,
+    EpisodeRunner,
+    TaskOptions,
+    get_task,
+    main,
+    nearest_help,
+    open_world,
+)
+from prevalent.model.agent import NavigationAgent
+from prevalent.model.encoder import EncoderConfig
+from prevalent.model.tokenizer import InstructionTokenizer
+from prevalent.pretrain import main as pretrain_main
+
+TINY_MODEL = [
+    "--hidden-size",
+    "16",
+    "--num-attention-heads",
+    "2",
+    "--intermediate-size",
+    "32",
+    "--text-layers",
+    "1",
+    "--cross-layers",
+    "1",
+    "--angle-feature-size",
+    "8",
+    "--vocab-size",
+    "200",
+    "--max-text-length",
+    "48",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("world")
+    return make_synthetic_dataset(
+        folder,
+        seed=4,
+        houses=3,
+        unseen_houses=1,
+        rows=1,
+        cols=3,
+        feature_size=8,
+        paths_per_house=3,
+        val_paths_per_house=3,
+        dialogs_per_house=6,
+        hanna_per_house=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tiny_world, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("pretrain")
+    args = [
+        "--data",
+        str(tiny_world),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--eval-triplets",
+        "4",
+        "--no-progress",
+        "--device",
+        "cpu",
+        *TINY_MODEL,
+    ]
+    assert pretrain_main(args) == 0
+    return run_dir / "encoder"
+
+
+def finetune_args(
+    world: Path, run_dir: Path, task: str, pretrained: str, steps: int = 1, *extra: str
+) -> list[str]:
+    return [
+        "--task",
+        task,
+        "--data",
+        str(world),
+        "--run-dir",
+        str(run_dir),
+        "--pretrained",
+        pretrained,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "3",
+        "--log-every",
+        "1",
+        "--eval-every",
+        "100",
+        "--max-steps",
+        "6",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--render-episodes",
+        "2",
+        *TINY_MODEL,
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_one_training_step_of_each_task_writes_scorable_predictions(task, tiny_world, tiny_bundle, tmp_path):
+    run_dir = tmp_path / task
+    assert main(finetune_args(tiny_world, run_dir, task, str(tiny_bundle))) == 0
+    record = json.loads((run_dir / "eval.json").read_text())
+    assert record["task"] == task and record["split"] == "val_unseen"
+    assert "SR" in record["metrics"] and "SR" in record["random_agent"]
+    if task == "cvdn":
+        assert "goal_progress" in record["metrics"]
+    if task == "hanna":
+        assert 0 <= record["metrics"]["help_requests"] <= 2
+    predictions = load_predictions(run_dir / "predictions_val_unseen.json")
+    episodes = get_task(task).load(tiny_world, "val_unseen", TaskOptions())
+    assert set(predictions) == {e.instr_id for e in episodes}
+    assert list((run_dir / "samples" / "episodes").glob("*.svg"))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("action_loss" in r for r in rows)
+
+
+def test_from_scratch_runs_without_a_bundle(tiny_world, tmp_path):
+    assert main(finetune_args(tiny_world, tmp_path / "s", "r2r", "none")) == 0
+    assert json.loads((tmp_path / "s" / "eval.json").read_text())["pretrained"] is None
+
+
+def test_unknown_task_lists_the_valid_ones(tmp_path, capsys):
+    assert main(["--task", "vizdoom", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "valid tasks: r2r, cvdn, hanna" in capsys.readouterr().err
+    with pytest.raises(UserError, match="valid tasks"):
+        get_task("reverie")
+
+
+def test_missing_bundle_and_missing_features_are_clear_errors(tiny_world, tmp_path, capsys):
+    assert main(finetune_args(tiny_world, tmp_path / "a", "r2r", str(tmp_path / "nope"))) == 2
+    assert "no pretrained encoder" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "connectivity").mkdir()
+    assert main(["--task", "r2r", "--data", str(bare), "--run-dir", str(tmp_path / "b")]) == 2
+    assert "--features" in capsys.readouterr().err
+
+
+def test_bundle_of_another_feature_size_is_refused(tiny_world, tiny_bundle, tmp_path, capsys):
+    other = make_synthetic_dataset(
+        tmp_path / "w16",
+        seed=5,
+        houses=2,
+        unseen_houses=1,
+        rows=1,
+        cols=2,
+        feature_size=16,
+        paths_per_house=2,
+        val_paths_per_house=1,
+        dialogs_per_house=1,
+        hanna_per_house=1,
+    )
+    assert main(finetune_args(other, tmp_path / "c", "r2r", str(tiny_bundle))) == 2
+    assert "expects 8-d image features" in capsys.readouterr().err
+
+
+def test_help_requests_stay_within_the_budget_and_change_the_text(tiny_world):
+    world = open_world(str(tiny_world), "")
+    task = get_task("hanna")
+    episodes = task.load(world.data_dir, "train", TaskOptions())
+    tokenizer = InstructionTokenizer.train([e.instruction for e in episodes] + ["walk"], vocab_size=200)
+    config = EncoderConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        image_feature_size=8,
+        angle_feature_size=8,
+        max_text_length=64,
+    )
+    agent = NavigationAgent(config)
+    for budget in (0, 1, 2):
+        runner = EpisodeRunner(task, world, tokenizer, 64, 8, 8, budget, torch.device("cpu"))
+        torch.manual_seed(0)
+        rollout = runner.run(agent, episodes[:4], "sample")
+        assert all(0 <= used <= budget for used in rollout.help_used)
+        rollout.loss.backward()
+    # The helper answers with the recorded sub-instruction nearest to where the agent stands.
+    episode = episodes[0]
+    graph = world.graphs[episode.scan]
+    assert nearest_help(episode, graph, episode.help[-1].viewpoint) is episode.help[-1]
+
+
+def test_finetune_resume_continues_bit_identically(tiny_world, tiny_bundle, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ("--checkpoint-every", "2", "--render-episodes", "0", "--feedback", "sample")
+    assert main(finetune_args(tiny_world, straight, "r2r", str(tiny_bundle), 4, *common)) == 0
+    assert main(finetune_args(tiny_world, resumed, "r2r", str(tiny_bundle), 2, *common)) == 0
+    assert main(finetune_args(tiny_world, resumed, "r2r", str(tiny_bundle), 4, *common)) == 0
+    a = load_file(str(straight / "checkpoints" / "step_000004" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step_000004" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _ddp_finetune_step(rank: int, world_size: int, world: str, bundle: str, run_dir: str) -> dict:
+    from dgm_core.runtime.distributed import average_gradients, broadcast_parameters
+
+    # The synchronisation keeps ranks identical although each starts from its own seed and rolls
+    # out its own episodes ...
+    torch.manual_seed(rank)
+    world_ = open_world(world, "")
+    task = get_task("r2r")
+    episodes = task.load(world_.data_dir, "train", TaskOptions())[rank * 3 : rank * 3 + 3]
+    tokenizer = InstructionTokenizer.load(Path(bundle) / "tokenizer.json")
+    config = EncoderConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        image_feature_size=8,
+        angle_feature_size=8,
+        max_text_length=48,
+    )
+    agent = NavigationAgent(config)
+    broadcast_parameters(agent)
+    optimizer = torch.optim.SGD(agent.parameters(), lr=0.1)
+    runner = EpisodeRunner(task, world_, tokenizer, 48, 8, 6, 0, torch.device("cpu"))
+    rollout = runner.run(agent, episodes, "teacher")
+    rollout.loss.backward()
+    average_gradients(agent)
+    optimizer.step()
+    result = {"loss": float(rollout.loss), "state": {k: v.clone() for k, v in agent.state_dict().items()}}
+    # ... and the CLI runs under two processes (it ends the process group when done, so it goes last).
+    assert main(finetune_args(Path(world), Path(run_dir), "r2r", bundle, 1, "--render-episodes", "0")) == 0
+    return result
+
+
+@pytest.mark.slow
+def test_two_process_step_keeps_ranks_identical(tiny_world, tiny_bundle, tmp_path):
+    from dgm_core.testing import run_distributed
+
+    results = run_distributed(_ddp_finetune_step, 2, str(tiny_world), str(tiny_bundle), str(tmp_path / "ddp"))
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["world_size"] == 2
+    rank0, rank1 = results
+    assert rank0["loss"] != rank1["loss"]  # different episodes on each rank
+    for key in rank0["state"]:
+        assert torch.equal(rank0["state"][key], rank1["state"][key]), key
+
+
+def test_console_script_runs_as_a_subprocess(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).with_name("prevalent-finetune")
+    if not script.is_file():
+        pytest.skip("prevalent-finetune console script not installed")
+    result = subprocess.run([script, "--task", "nope"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "valid tasks: r2r, cvdn, hanna" in result.stderr
+
+
+def test_claim_rejects_unknown_tasks(tmp_path, capsys):
+    from prevalent.claim import main as claim_main
+
+    assert claim_main(["--tasks", "r2r,reverie", "--run-dir", str(tmp_path)]) == 2
+    assert "valid tasks" in capsys.readouterr().err
+
+
+def test_claim_table_reports_mean_and_std_over_seeds(tmp_path):
+    from prevalent.claim import main as claim_main
+
+    for init, values in (("pretrained", (0.4, 0.2)), ("scratch", (0.1, 0.1))):
+        for seed, value in enumerate(values):
+            run = tmp_path / f"hanna-{init}-seed{seed}"
+            run.mkdir()
+            metrics = {"SR": value, "SPL": value / 2, "help_requests": 1.0}
+            random = {"SR": 0.05 * (seed + 1), "SPL": 0.0}
+            (run / "eval.json").write_text(json.dumps({"metrics": metrics, "random_agent": random}))
+    assert claim_main(["--tasks", "hanna", "--run-dir", str(tmp_path), "--table-only"]) == 0
+    table = (tmp_path / "claim.md").read_text()
+    assert "| hanna | SR | 0.075 ± 0.025 | 0.100 ± 0.000 | 0.300 ± 0.100 |" in table
+    assert "| hanna | help_requests | — | 1.000 ± 0.000 | 1.000 ± 0.000 |" in table

@@ -1,0 +1,274 @@
+"""Pretraining triplets, action targets, the pretrain CLI, resume and a 2-process DDP step."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dgm_core.testing import run_distributed
+from prevalent.data.synthetic import make_synthetic_dataset
+from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv
+from prevalent.finetune import TaskOptions, get_task, open_world
+from prevalent.model.masking import MaskingRule
+from prevalent.model.pretrained import load_bundle
+from prevalent.model.tokenizer import InstructionTokenizer
+from prevalent.pretrain import TripletBatcher, main, teacher_triplets
+
+TINY_MODEL = [
+    "--hidden-size",
+    "16",
+    "--num-attention-heads",
+    "2",
+    "--intermediate-size",
+    "32",
+    "--text-layers",
+    "1",
+    "--cross-layers",
+    "1",
+    "--angle-feature-size",
+    "8",
+    "--vocab-size",
+    "200",
+    "--max-text-length",
+    "48",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("world")
+    return make_synthetic_dataset(
+        folder,
+        seed=3,
+        houses=3,
+        unseen_houses=1,
+        rows=1,
+        cols=2,
+        feature_size=8,
+        paths_per_house=3,
+        val_paths_per_house=2,
+        dialogs_per_house=2,
+        hanna_per_house=2,
+    )
+
+
+def tiny_args(world: Path, run_dir: Path, steps: int = 3, *extra: str) -> list[str]:
+    return [
+        "--data",
+        str(world),
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "2",
+        "--eval-triplets",
+        "8",
+        "--log-every",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--warmup-steps",
+        "100",
+        *TINY_MODEL,
+        *extra,
+    ]
+
+
+def test_teacher_triplets_follow_the_reference_path_and_end_with_stop(tiny_world):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(world.data_dir, "train", TaskOptions())
+    triplets = teacher_triplets(episodes, world)
+    # one triplet per viewpoint of each (shortest) reference path: every move plus the final STOP
+    assert len(triplets) == sum(len(e.path) for e in episodes)
+    for b, episode in enumerate(episodes[:5]):
+        visited = [t.viewpoint for t in triplets if t.episode == b]
+        assert visited == episode.path
+
+
+def test_batched_action_targets_are_the_teacher_actions(tiny_world):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(world.data_dir, "train", TaskOptions())
+    triplets = teacher_triplets(episodes, world)
+    tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=200)
+    rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
+    batcher = TripletBatcher(episodes, triplets, world, tokenizer, 48, 8, rule)
+    indices = list(range(len(triplets)))[:12]
+    batch = batcher.batch(indices, torch.Generator().manual_seed(0))
+    k = batch.num_candidates
+    assert batch.views.shape == (12, 36 + k, 8 + 8)
+    assert batch.vision_mask[:, :36].all()
+    env = BatchNavEnv(world.graphs)
+    for row, index in enumerate(indices):
+        t = triplets[index]
+        episode = episodes[t.episode]
+        env.reset([episode.scan], [t.viewpoint], [t.heading], [t.elevation])
+        candidates = env.candidates()[0]
+        action = int(batch.action_labels[row])
+        assert action != IGNORE_ACTION
+        if t.viewpoint == episode.path[-1]:
+            assert action == STOP_ACTION
+        else:
+            step = episode.path.index(t.viewpoint)
+            assert candidates[action].viewpoint == episode.path[step + 1]
+            assert batch.vision_mask[row, 36 + action - 1]  # the target candidate token is real
+        assert int(batch.vision_mask[row, 36:].sum()) == len(candidates) - 1
+
+
+def test_pretrain_cli_logs_heldout_accuracies_and_writes_a_bundle(tiny_world, tmp_path):
+    run_dir = tmp_path / "pt"
+    assert main(tiny_args(tiny_world, run_dir, 4)) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("eval_mlm_accuracy" in r and "eval_action_accuracy" in r for r in rows)
+    assert any("mlm_loss" in r and "action_loss" in r for r in rows)
+    model, tokenizer = load_bundle(run_dir / "encoder")
+    assert model.config.hidden_size == 16 and model.config.image_feature_size == 8
+    assert tokenizer.vocab_size == model.config.vocab_size
+    record = json.loads((run_dir / "eval.json").read_text())
+    assert 0.0 <= record["eval_action_accuracy"] <= 1.0
+
+
+def test_pretrain_losses_fall(tiny_world, tmp_path):
+    run_dir = tmp_path / "fall"
+    args = tiny_args(tiny_world, run_dir, 40, "--lr", "3e-3", "--batch-size", "8", "--eval-every", "100")
+    assert main([*args, "--warmup-steps", "1"]) == 0
+    rows = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "loss" in line
+    ]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert sum(losses[-10:]) / 10 < 0.95 * sum(losses[:5]) / 5
+
+
+def test_resume_continues_bit_identically(tiny_world, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(tiny_args(tiny_world, straight, 4, "--checkpoint-every", "2")) == 0
+    # WordPiece training may break ties differently run to run; the run keeps its tokenizer, so
+    # the second run starts from the first one's (as a resumed run reads its own).
+    resumed.mkdir()
+    shutil.copy(straight / "tokenizer.json", resumed / "tokenizer.json")
+    assert main(tiny_args(tiny_world, resumed, 2, "--checkpoint-every", "2")) == 0
+    assert main(tiny_args(tiny_world, resumed, 4, "--checkpoint-every", "2")) == 0
+    a = load_file(str(straight / "encoder" / "model.safetensors"))
+    b = load_file(str(resumed / "encoder" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_bad_input_is_a_one_line_error(tiny_world, tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _ddp_pretrain_step(rank: int, world_size: int, world: str, run_dir: str) -> dict:
+    assert main(tiny_args(Path(world), Path(run_dir), 2, "--eval-every", "100")) == 0
+    from prevalent.pretrain import PrevalentPretrainingModel  # noqa: F401  (import inside the worker)
+
+    state = load_file(str(Path(run_dir) / "checkpoints" / "step_000002" / "model.safetensors"))
+    return {"rank": rank, "sum": float(sum(v.double().sum() for v in state.values()))}
+
+
+@pytest.mark.slow
+def test_two_process_ddp_step(tiny_world, tmp_path):
+    results = run_distributed(_ddp_pretrain_step, 2, str(tiny_world), str(tmp_path / "ddp"))
+    assert [r["rank"] for r in results] == [0, 1]
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert (tmp_path / "ddp" / "encoder" / "model.safetensors").is_file()
+
+
+@pytest.mark.integration
+def test_teacher_triplets_on_real_r2r_paths_with_standard_shaped_features(vln_data):
+    """Real Matterport graphs and R2R items; features of the standard 36 x 2048 shape, synthesised."""
+    import numpy as np
+
+    from prevalent.env import InMemoryFeatureStore, NavGraphs
+    from prevalent.finetune import World
+
+    graphs = NavGraphs(vln_data / "connectivity")
+    episodes = get_task("r2r").load(vln_data, "val_seen", TaskOptions())[:12]
+    rng = np.random.default_rng(0)
+    store = InMemoryFeatureStore(
+        {
+            (e.scan, vp): rng.standard_normal((36, 2048)).astype(np.float32)
+            for e in episodes
+            for vp in graphs[e.scan].viewpoints
+        }
+    )
+    world = World(vln_data, graphs, store, synthetic=False)
+    triplets = teacher_triplets(episodes, world)
+    assert len(triplets) == sum(len(e.path) for e in episodes)
+    tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=300)
+    rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
+    batch = TripletBatcher(episodes, triplets, world, tokenizer, 80, 128, rule).batch(
+        list(range(8)), torch.Generator().manual_seed(0)
+    )
+    assert batch.views.shape[-1] == 2048 + 128
+    assert (batch.action_labels >= 0).all()
+
+
+def test_text_stream_initialises_from_a_local_bert_checkpoint(tiny_world, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from prevalent.model.encoder import EncoderConfig
+    from prevalent.model.heads import PrevalentPretrainingModel
+    from prevalent.pretrain import init_text_stream_from_bert
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+        {
+            w
+            for line in (tiny_world / "instructions.txt").read_text().split()
+            for w in [line.strip(".,").lower()]
+        }
+    )
+    bert_dir = tmp_path / "bert"
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(words),
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    )
+    bert.save_pretrained(bert_dir)
+    (bert_dir / "vocab.txt").write_text("\n".join(words) + "\n")
+    config = EncoderConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        image_feature_size=8,
+        angle_feature_size=8,
+        max_text_length=48,
+    )
+    model = PrevalentPretrainingModel(config)
+    init_text_stream_from_bert(model, str(bert_dir))
+    theirs = bert.encoder.layer[0].state_dict()
+    for key, value in model.encoder.text_layers[0].state_dict().items():
+        assert torch.equal(value, theirs[key]), key
+    assert torch.equal(model.encoder.word_embeddings.weight, bert.embeddings.word_embeddings.weight)
+    # position table cut to max_text_length
+    assert torch.equal(
+        model.encoder.embeddings.position_embeddings.weight, bert.embeddings.position_embeddings.weight[:48]
+    )
+    # the CLI takes the BERT vocabulary and refuses a size that does not fit
+    args = tiny_args(tiny_world, tmp_path / "run", 1, "--bert", str(bert_dir))
+    assert main(args) == 0
+    _, tokenizer = load_bundle(tmp_path / "run" / "encoder")
+    assert tokenizer.vocab_size == len(words)
+    bad = [
+        a if a != "16" else "32" for a in tiny_args(tiny_world, tmp_path / "bad", 1, "--bert", str(bert_dir))
+    ]
+    assert main(bad) == 2
