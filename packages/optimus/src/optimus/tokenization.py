@@ -1,0 +1,196 @@
+"""Tokenizers for the two halves of the VAE and the sentence layouts they feed.
+
+The encoder reads ``[CLS] sentence [SEP]`` (BERT's layout); the decoder reads and predicts
+``<BOS> sentence <EOS>`` with a space prefixed to the sentence, as the reference does for GPT-2's
+byte-level BPE. For pretrained GPT-2 tokenizers the PAD/BOS/EOS tokens are added as new special
+tokens (GPT-2 ships only ``<|endoftext|>``); for models built from scratch both tokenizers are
+trained on the training corpus with the ``tokenizers`` library (byte-level BPE for GPT-2,
+WordPiece for BERT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from dgm_core.errors import UserError
+
+DECODER_SPECIAL_TOKENS = {"pad_token": "<PAD>", "bos_token": "<BOS>", "eos_token": "<EOS>"}
+ENCODER_SUBFOLDER = "encoder_tokenizer"
+DECODER_SUBFOLDER = "decoder_tokenizer"
+
+
+def train_decoder_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2's scheme) with ``<PAD> <BOS> <EOS>`` trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(DECODER_SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator((" " + t for t in texts), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **DECODER_SPECIAL_TOKENS)
+
+
+def train_encoder_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
+    """A lower-casing WordPiece tokenizer (BERT's scheme) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def load_tokenizer(name_or_path: str | Path, what: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local folder or the local HF cache; never a network call."""
+    try:
+        return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot load the {what} tokenizer from '{name_or_path}' offline "
+            f"(a folder with tokenizer files or a model in the local Hugging Face cache): {exc}"
+        ) from None
+
+
+def prepare_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Add Optimus's PAD/BOS/EOS special tokens where a (GPT-2) tokenizer lacks them."""
+    missing = {
+        key: token
+        for key, token in DECODER_SPECIAL_TOKENS.items()
+        if getattr(tokenizer, key, None) in (None, "<|endoftext|>")
+    }
+    if missing:
+        tokenizer.add_special_tokens(missing)
+    return tokenizer
+
+
+@dataclass
+class EncodedSentence:
+    """Token ids of one sentence for both halves; ``truncated`` when either hit its block size."""
+
+    encoder_ids: list[int]
+    decoder_ids: list[int]
+    truncated: bool
+
+
+class SentenceCodec:
+    """Turns sentences into encoder/decoder token ids and decoder ids back into text."""
+
+    def __init__(
+        self, encoder_tokenizer: PreTrainedTokenizerBase, decoder_tokenizer: PreTrainedTokenizerBase
+    ):
+        self.encoder_tokenizer = encoder_tokenizer
+        self.decoder_tokenizer = prepare_decoder_tokenizer(decoder_tokenizer)
+        for key in ("cls_token_id", "sep_token_id", "pad_token_id"):
+            if getattr(encoder_tokenizer, key, None) is None:
+                raise UserError(
+                    f"the encoder tokenizer has no {key.removesuffix('_id')} token; is it a BERT tokenizer?"
+                )
+
+    # -- special ids -------------------------------------------------------------------------
+    @property
+    def bos_id(self) -> int:
+        return self.decoder_tokenizer.bos_token_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.decoder_tokenizer.eos_token_id
+
+    @property
+    def decoder_pad_id(self) -> int:
+        return self.decoder_tokenizer.pad_token_id
+
+    @property
+    def encoder_pad_id(self) -> int:
+        return self.encoder_tokenizer.pad_token_id
+
+    @property
+    def encoder_vocab_size(self) -> int:
+        return len(self.encoder_tokenizer)
+
+    @property
+    def decoder_vocab_size(self) -> int:
+        return len(self.decoder_tokenizer)
+
+    # -- encoding ----------------------------------------------------------------------------
+    def encode(self, text: str, block_size: int) -> EncodedSentence:
+        """``[CLS] text [SEP]`` and ``<BOS> text <EOS>``, each cut to ``block_size`` tokens.
+
+        A cut decoder sequence loses its ``<EOS>`` (the sentence did not end there) and a cut
+        encoder sequence keeps its ``[SEP]``.
+        """
+        enc_body = self.encoder_tokenizer.encode(text, add_special_tokens=False)
+        dec_body = self.decoder_tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+        truncated = len(enc_body) + 2 > block_size or len(dec_body) + 2 > block_size
+        enc = [
+            self.encoder_tokenizer.cls_token_id,
+            *enc_body[: block_size - 2],
+            self.encoder_tokenizer.sep_token_id,
+        ]
+        if len(dec_body) + 2 > block_size:
+            dec = [self.bos_id, *dec_body[: block_size - 1]]
+        else:
+            dec = [self.bos_id, *dec_body, self.eos_id]
+        return EncodedSentence(enc, dec, truncated)
+
+    def decode(self, decoder_ids: Iterable[int]) -> str:
+        """Text of a decoder sequence, stopping at ``<EOS>`` and dropping special tokens."""
+        ids = []
+        for token in decoder_ids:
+            token = int(token)
+            if token == self.eos_id:
+                break
+            if token in (self.bos_id, self.decoder_pad_id):
+                continue
+            ids.append(token)
+        return self.decoder_tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # -- persistence -------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.encoder_tokenizer.save_pretrained(str(folder / ENCODER_SUBFOLDER))
+        self.decoder_tokenizer.save_pretrained(str(folder / DECODER_SUBFOLDER))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> SentenceCodec:
+        folder = Path(folder)
+        return cls(
+            load_tokenizer(folder / ENCODER_SUBFOLDER, "encoder"),
+            load_tokenizer(folder / DECODER_SUBFOLDER, "decoder"),
+        )
+
+    @classmethod
+    def train(
+        cls, texts: list[str], encoder_vocab_size: int = 1000, decoder_vocab_size: int = 1000
+    ) -> SentenceCodec:
+        """Both tokenizers trained on ``texts`` (the from-scratch path)."""
+        return cls(
+            train_encoder_tokenizer(texts, encoder_vocab_size),
+            train_decoder_tokenizer(texts, decoder_vocab_size),
+        )

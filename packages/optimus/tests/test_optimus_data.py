@@ -1,0 +1,166 @@
+"""Grammar corpus, tokenizers, file formats, token caches and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from optimus_tiny import grammar_codec
+
+from dgm_core.errors import UserError
+from optimus.data import (
+    TokenizedCorpus,
+    build_token_cache,
+    collate,
+    iter_sentences,
+    open_or_build_token_cache,
+    read_sentences,
+)
+from optimus.grammar import ATTRIBUTES, generate_corpus, read_attributes
+
+
+def test_grammar_is_deterministic_given_a_seed_and_varies_with_it():
+    assert generate_corpus(50, seed=3) == generate_corpus(50, seed=3)
+    assert generate_corpus(50, seed=3) != generate_corpus(50, seed=4)
+
+
+def test_checker_reads_back_every_generated_attribute():
+    corpus = generate_corpus(3000, seed=11)
+    assert all(read_attributes(s.text) == s.attributes() for s in corpus)
+    for name, values in ATTRIBUTES.items():  # every value occurs
+        assert {getattr(s, name) for s in corpus} == set(values)
+
+
+def test_grammar_sentences_vary_in_length_and_structure():
+    lengths = [len(s.text.split()) for s in generate_corpus(2000, seed=0)]
+    assert min(lengths) <= 6 and max(lengths) >= 20
+    assert len(set(s.text for s in generate_corpus(2000, seed=0))) > 1900
+
+
+def test_checker_abstains_on_mixed_or_missing_evidence():
+    assert read_attributes("the great pizza was awful .")["sentiment"] is None
+    assert read_attributes("hello there")["topic"] is None
+
+
+def test_codec_layouts_follow_bert_and_gpt2_conventions():
+    codec = grammar_codec()
+    text = "the chef cooked the great soup ."
+    encoded = codec.encode(text, 64)
+    enc_tok = codec.encoder_tokenizer
+    assert encoded.encoder_ids[0] == enc_tok.cls_token_id and encoded.encoder_ids[-1] == enc_tok.sep_token_id
+    assert encoded.decoder_ids[0] == codec.bos_id and encoded.decoder_ids[-1] == codec.eos_id
+    assert (
+        codec.decoder_tokenizer.decode(encoded.decoder_ids[1:-1]) == " " + text
+    )  # the reference's leading space
+    assert codec.decode(encoded.decoder_ids) == text
+    assert not encoded.truncated
+
+
+def test_codec_truncates_to_the_block_size_and_says_so():
+    codec = grammar_codec()
+    encoded = codec.encode("the chef cooked the great soup in the kitchen and it was wonderful .", 6)
+    assert encoded.truncated
+    assert len(encoded.encoder_ids) == 6 and len(encoded.decoder_ids) == 6
+    assert codec.eos_id not in encoded.decoder_ids  # a cut sentence did not end
+
+
+def test_codec_round_trips_through_save_pretrained(tmp_path):
+    codec = grammar_codec()
+    codec.save_pretrained(tmp_path)
+    loaded = type(codec).from_pretrained(tmp_path)
+    text = "tomorrow , the band will record the lovely song ."
+    assert loaded.encode(text, 64) == codec.encode(text, 64)
+
+
+def test_reads_plain_labeled_and_jsonl_files(tmp_path):
+    (tmp_path / "plain.txt").write_text("first sentence .\n\nsecond one .\n")
+    (tmp_path / "labeled.tsv").write_text("pos\tgood film .\nneg\tbad film .\n")
+    (tmp_path / "records.jsonl").write_text(
+        json.dumps({"text": "a b", "label": 1}) + "\n" + json.dumps({"text": "c"}) + "\n"
+    )
+    plain = read_sentences(tmp_path / "plain.txt")
+    assert plain.texts == ["first sentence .", "second one ."] and plain.labels is None
+    assert plain.stats.blank_lines == 1
+    labeled = read_sentences(tmp_path / "labeled.tsv", require_labels=True)
+    assert labeled.labels == ["pos", "neg"] and labeled.texts == ["good film .", "bad film ."]
+    assert [t for t, _ in iter_sentences(tmp_path / "records.jsonl")] == ["a b", "c"]
+    with pytest.raises(UserError, match="have no label while others do"):
+        read_sentences(tmp_path / "records.jsonl")
+
+
+def test_a_folder_of_shards_is_read_in_sorted_order(tmp_path):
+    (tmp_path / "shard_01.txt").write_text("b .\n")
+    (tmp_path / "shard_00.txt").write_text("a .\n")
+    (tmp_path / "notes.bin").write_bytes(b"\x00\x01")
+    assert read_sentences(tmp_path).texts == ["a .", "b ."]
+
+
+def test_undecodable_bytes_are_replaced_and_counted(tmp_path):
+    path = tmp_path / "broken.txt"
+    path.write_bytes(b"good line .\nbad \xff\xfe line .\n")
+    records = read_sentences(path)
+    assert records.stats.undecodable_lines == 1
+    assert records.texts[1] == "bad \ufffd\ufffd line ."
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "no sentences"),
+        (b"\n \n", "no sentences"),
+        (b"pos\tgood .\njust text\n", "missing label"),
+        (b"{not json}\n", "not valid JSON"),
+    ],
+)
+def test_bad_files_are_one_line_user_errors(tmp_path, content, match):
+    path = tmp_path / ("data.jsonl" if b"{" in content else "data.txt")
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=match) as error:
+        read_sentences(path, require_labels=b"\t" in content)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_labels_are_refused_when_labels_are_required(tmp_path):
+    path = tmp_path / "plain.txt"
+    path.write_text("no label here .\n")
+    with pytest.raises(UserError, match="have no label"):
+        read_sentences(path, require_labels=True)
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        read_sentences(tmp_path / "absent.txt")
+
+
+def test_token_cache_is_memory_mapped_and_round_trips(tmp_path):
+    codec = grammar_codec()
+    texts = [s.text for s in generate_corpus(40, seed=2)] + ["the chef " * 30]
+    corpus = build_token_cache(iter(texts), codec, 16, tmp_path / "cache")
+    assert len(corpus) == 41 and corpus.meta["truncated"] >= 1
+    assert isinstance(corpus._dec, np.memmap)
+    for i in (0, 17, 40):
+        encoded = codec.encode(texts[i], 16)
+        enc, dec = corpus[i]
+        assert enc.tolist() == encoded.encoder_ids and dec.tolist() == encoded.decoder_ids
+    assert corpus.decoder_lengths.tolist() == [len(codec.encode(t, 16).decoder_ids) for t in texts]
+    reopened = open_or_build_token_cache(iter([]), codec, 16, tmp_path / "cache")  # reused, not rebuilt
+    assert len(reopened) == 41
+    assert len(TokenizedCorpus(tmp_path / "cache")) == 41
+
+
+def test_token_cache_rejects_ids_outside_the_model_vocabulary(tmp_path):
+    codec = grammar_codec()
+    corpus = build_token_cache(["the chef cooked the soup ."], codec, 16, tmp_path)
+    corpus.check_vocab(codec.encoder_vocab_size, codec.decoder_vocab_size)
+    with pytest.raises(UserError, match="does not match the model"):
+        corpus.check_vocab(codec.encoder_vocab_size, 10)
+
+
+def test_collate_right_pads_with_masks():
+    batch = collate([([2, 5, 3], [1, 7, 8, 2]), ([2, 3], [1, 2])], encoder_pad_id=0, decoder_pad_id=9)
+    assert batch.encoder_ids.tolist() == [[2, 5, 3], [2, 3, 0]]
+    assert batch.decoder_ids.tolist() == [[1, 7, 8, 2], [1, 2, 9, 9]]
+    assert batch.decoder_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    assert batch.encoder_mask.dtype == torch.long
