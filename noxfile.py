@@ -149,37 +149,28 @@ def wheels(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Install everything and run each package's main CLI on its embedded default (quick preset)."""
+    """Install everything and run each package's main CLIs on its embedded default (quick presets)."""
     _prepare(session)
     _install_packages(session, PACKAGES)
     runs = ROOT / "runs" / "demo"
-    session.run("fqgan-train", "--preset", "demo", "--run-dir", str(runs / "fqgan"), "--resume", "auto")
-    session.run("fqgan-sample", "--checkpoint", str(runs / "fqgan"), "--out", str(runs / "fqgan" / "samples"))
-    session.run("optimus-train", "--preset", "demo", "--run-dir", str(runs / "optimus"), "--resume", "auto")
-    session.run("optimus-generate", "--model", str(runs / "optimus"), "--mode", "interpolate")
+    fqgan, optimus = runs / "fqgan", runs / "optimus"
+    # FQ-GAN: train on the procedural shapes, then sample and evaluate from the checkpoint.
+    session.run("fqgan-train", "--preset", "demo", "--run-dir", str(fqgan))
+    session.run("fqgan-sample", "--checkpoint", str(fqgan), "--out", str(fqgan / "samples" / "final"))
+    session.run("fqgan-eval", "--checkpoint", str(fqgan))
+    # Optimus: train the tiny VAE on the grammar corpus, then evaluate it and interpolate.
+    session.run("optimus-train", "--preset", "demo", "--run-dir", str(optimus))
+    session.run("optimus-eval", "--model", str(optimus))
+    session.run("optimus-generate", "--model", str(optimus), "--mode", "interpolate")
+    # PREVALENT: synthetic houses, pretraining, then fine-tuning for HANNA on the pretrained encoder.
     data = runs / "prevalent-data"
-    session.run("prevalent-make-data", "--out", str(data))
-    session.run(
-        "prevalent-pretrain",
-        "--preset",
-        "demo",
-        "--data",
-        str(data),
-        "--run-dir",
-        str(runs / "prevalent-pretrain"),
-    )
+    session.run("prevalent-make-data", "--out", str(data), "--overwrite")
+    session.run("prevalent-pretrain", "--data", str(data), "--run-dir", str(runs / "prevalent-pretrain"))
     session.run(
         "prevalent-finetune",
-        "--task",
-        "r2r",
-        "--preset",
-        "demo",
-        "--data",
-        str(data),
-        "--pretrained",
-        str(runs / "prevalent-pretrain"),
-        "--run-dir",
-        str(runs / "prevalent-r2r"),
+        *("--task", "hanna", "--data", str(data)),
+        *("--pretrained", str(runs / "prevalent-pretrain" / "encoder")),
+        *("--run-dir", str(runs / "prevalent-hanna")),
     )
 
 

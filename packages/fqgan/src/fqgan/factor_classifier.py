@@ -1,0 +1,171 @@
+"""A small classifier of the procedural shapes' known factors: the offline yardstick of sample quality.
+
+For the procedural data the generating factors (shape, colour, size, position)
+are known, so a CNN trained once to predict them gives, without any download:
+
+- a feature space (its 128-d penultimate layer) in which the Fréchet distance
+  between generated and real images plays the role FID plays with Inception;
+- **mode coverage**: the share of the 96 factor combinations that appear among
+  the generated images, and the KL divergence of the generated combination
+  frequencies from the true (uniform) ones.
+
+The classifier is trained on images drawn with a seed disjoint from the
+training data's default, and cached (``factor_classifier-<key>.safetensors``
+plus a JSON record with its held-out accuracy) under ``--classifier-cache``
+(default ``$FQGAN_CACHE`` or ``~/.cache/fqgan``); the cache key covers every
+setting that changes the network, so a stale file is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dgm_core.errors import UserError
+from fqgan.data import FACTOR_NAMES, FACTOR_SIZES, make_shapes
+
+log = logging.getLogger(__name__)
+
+FEATURE_DIM = 128
+_VERSION = 1  # bump when the architecture or the training recipe changes
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FQGAN_CACHE", Path.home() / ".cache" / "fqgan"))
+
+
+@dataclass(frozen=True)
+class ClassifierRecipe:
+    """Everything that determines the trained classifier (and so its cache key)."""
+
+    num_images: int = 16384
+    data_seed: int = 7_000_001  # disjoint from fqgan-train's default data seed (0)
+    steps: int = 600
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    resolution: int = 32
+
+    def key(self) -> str:
+        text = json.dumps({"version": _VERSION, **asdict(self)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class FactorClassifier(nn.Module):
+    """Image in [-1, 1] → (128-d features, one logit vector per factor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, FEATURE_DIM),
+            nn.ReLU(),
+        )
+        self.heads = nn.ModuleList(nn.Linear(FEATURE_DIM, size) for size in FACTOR_SIZES)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if images.shape[-2:] != (32, 32):
+            images = F.interpolate(
+                images, size=(32, 32), mode="bilinear", align_corners=False, antialias=True
+            )
+        features = self.body(images)
+        return features, [head(features) for head in self.heads]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (N, 128), predicted factors (N, 4))`` for float images in [-1, 1], in batches."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        features, factors = [], []
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start : start + batch_size].to(device).float()
+            f, logits = self(chunk)
+            features.append(f.cpu())
+            factors.append(torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu())
+        self.train(was_training)
+        return torch.cat(features), torch.cat(factors)
+
+
+def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+def train_factor_classifier(
+    recipe: ClassifierRecipe, device: torch.device | str = "cpu"
+) -> tuple[FactorClassifier, dict]:
+    """Train on freshly generated shapes; return the model and per-factor accuracy on 2048 held-out images."""
+    torch.manual_seed(recipe.seed)
+    data = make_shapes(recipe.num_images, recipe.data_seed, recipe.resolution)
+    held_out = make_shapes(2048, recipe.data_seed + 1, recipe.resolution)
+    model = FactorClassifier().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    generator = torch.Generator().manual_seed(recipe.seed)
+    assert data.factors is not None and held_out.factors is not None
+    for _ in range(recipe.steps):
+        index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
+        images = _to_model_range(data.images[index]).to(device)
+        _, logits = model(images)
+        targets = data.factors[index].to(device)
+        loss = sum(F.cross_entropy(lg, targets[:, i]) for i, lg in enumerate(logits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    _, predicted = model.predict(_to_model_range(held_out.images))
+    accuracy = {
+        name: float((predicted[:, i] == held_out.factors[:, i]).float().mean())
+        for i, name in enumerate(FACTOR_NAMES)
+    }
+    return model.eval(), accuracy
+
+
+def load_factor_classifier(
+    cache_dir: str | Path | None = None,
+    recipe: ClassifierRecipe | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[FactorClassifier, dict]:
+    """The cached classifier for ``recipe``, training and caching it first when absent.
+
+    Returns the model (eval mode, frozen) and its record (recipe, held-out accuracy).
+    """
+    recipe = recipe or ClassifierRecipe()
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    weights = cache_dir / f"factor_classifier-{recipe.key()}.safetensors"
+    record_path = weights.with_suffix(".json")
+    model = FactorClassifier()
+    if weights.is_file() and record_path.is_file():
+        try:
+            model.load_state_dict(load_file(str(weights)))
+            record = json.loads(record_path.read_text())
+            return model.to(device).eval().requires_grad_(False), record
+        except (OSError, ValueError, RuntimeError) as error:
+            log.warning("cached factor classifier %s is unreadable (%s); retraining it", weights, error)
+    log.info("training the factor classifier once (cached in %s)", cache_dir)
+    model, accuracy = train_factor_classifier(recipe, device)
+    record = {"recipe": asdict(recipe), "held_out_accuracy": accuracy, "version": _VERSION}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, weights)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as error:
+        raise UserError(f"cannot write the factor-classifier cache in {cache_dir}: {error}") from None
+    return model.to(device).eval().requires_grad_(False), record

@@ -1,0 +1,411 @@
+"""``fqgan-train``: train a GAN with (or without) feature quantization in the discriminator.
+
+With no arguments it trains the small conditional DCGAN/SNGAN pair with FQ on
+the procedural shapes for a few minutes on a CPU, and writes, under
+``runs/fqgan-demo/``: ``config.json``, ``metrics.jsonl`` (D/G loss, FQ loss,
+per-layer dictionary perplexity and dead codes), ``samples/step_*.png`` (G EMA
+on fixed noise) and ``checkpoints/step_*/``. ``--preset cifar10|cifar100|
+imagenet64`` carries the paper's settings; ``--preset ring8|grid25`` the 2-D
+mode-collapse setting.
+
+One step is one generator update preceded by ``d_steps`` discriminator updates
+(BigGAN's counting); each D update uses a fresh real batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dgm_core import cli
+from dgm_core.cli import option
+from dgm_core.errors import UserError
+from dgm_core.quantization import QuantizationInputError
+from dgm_core.training import TrainingConfig, TrainingDiverged, TrainingRun
+from fqgan.data import ImageDataset, MixtureDataset, load_dataset
+from fqgan.diffaug import diff_augment, parse_policy
+from fqgan.fq import FQ_MODES, QuantizedDiscriminator, fq_statistics
+from fqgan.losses import LOSSES, discriminator_loss, generator_loss
+from fqgan.models import ARCHITECTURES, build_models
+from fqgan.sampling import fixed_noise, save_sample_grid
+
+
+@dataclass
+class TrainConfig(TrainingConfig):
+    """Options of ``fqgan-train`` (defaults: the CPU demo on procedural shapes)."""
+
+    run_dir: str = option(
+        "runs/fqgan-demo", help="Directory for config, logs, metrics, samples and checkpoints."
+    )
+    steps: int = option(300, help="Generator updates to train for (each preceded by --d-steps D updates).")
+    log_every: int = option(20, help="Log metrics every N steps.")
+    checkpoint_every: int = option(100, help="Save a checkpoint every N steps (0: only at the end).")
+    data: str = option(
+        "shapes", help="shapes | cifar10 | cifar100 | folder:DIR | ring8 | grid25 (see fqgan.data)."
+    )
+    data_root: str = option("", help="cifar10/cifar100: the folder holding the python-pickle batches.")
+    num_images: int = option(8192, help="shapes: images generated; ring8/grid25: points drawn.")
+    data_seed: int = option(0, help="Seed of the generated datasets (shapes, mixtures).")
+    resolution: int = option(32, help="Image size in pixels (biggan: 32 or 64; dcgan: 16, 32 or 64).")
+    arch: str = option("dcgan", help="Generator/discriminator pair.", choices=ARCHITECTURES)
+    g_ch: int = option(16, help="Generator width (channels per unit; hidden units for mlp).")
+    d_ch: int = option(16, help="Discriminator width (channels per unit; hidden units for mlp).")
+    z_dim: int = option(128, help="Latent size.")
+    conditional: bool = option(
+        True, help="Class-conditional G (cBN) and D (projection) when the data has labels."
+    )
+    attention: int = option(0, help="biggan: add self-attention at this feature resolution (0: none).")
+    loss: str = option("hinge", help="GAN objective.", choices=LOSSES)
+    fq_mode: str = option(
+        "loss_only",
+        help="none: no FQ; loss_only: commitment loss only (reference code); "
+        "quantize: feed quantized features forward (straight-through, as the paper's figure).",
+        choices=FQ_MODES,
+    )
+    fq_layers: str = option("0,1,2,3", help="Comma-separated D block indices that get a dictionary.")
+    fq_codebook_size: int = option(256, help="K, prototypes per dictionary.")
+    fq_decay: float = option(0.8, help="EMA decay of the dictionaries.")
+    fq_commitment: float = option(1.0, help="β, weight of the commitment loss ||sg(q) - x||².")
+    fq_kmeans_init: bool = option(
+        False, help="Start each dictionary from k-means of its first batch (reference: N(0, 1) init)."
+    )
+    fq_dead_code_threshold: int = option(
+        0,
+        help="Revive a codeword unused for this many steps from current features (0: never, as reference).",
+    )
+    batch_size: int = option(32, help="Images per D/G update per process.")
+    d_steps: int = option(2, help="Discriminator updates per generator update.")
+    lr_g: float = option(2e-4, help="Generator Adam learning rate.")
+    lr_d: float = option(2e-4, help="Discriminator Adam learning rate.")
+    adam_beta1: float = option(0.0, help="Adam β1 for both networks.")
+    adam_beta2: float = option(0.999, help="Adam β2 for both networks.")
+    ema_decay: float = option(0.99, help="Decay of the generator's EMA copy (used for samples).")
+    ema_start: int = option(100, help="Step from which G EMA averages (before: plain copy).")
+    diffaug: str = option("", help="DiffAugment policy for real and fake, e.g. translation,cutout,color.")
+    sample_every: int = option(
+        100, help="Write a sample grid from fixed noise every N steps (and at the end)."
+    )
+    num_grid_samples: int = option(64, help="Images per sample grid.")
+
+
+_CIFAR_COMMON: dict[str, Any] = {
+    "arch": "biggan",
+    "resolution": 32,
+    "g_ch": 64,
+    "d_ch": 64,
+    "z_dim": 128,
+    "conditional": True,
+    "loss": "hinge",
+    "fq_mode": "loss_only",
+    "fq_layers": "0,1,2,3",
+    "batch_size": 64,
+    "d_steps": 4,
+    "lr_g": 2e-4,
+    "lr_d": 2e-4,
+    "adam_beta1": 0.0,
+    "adam_beta2": 0.999,
+    "ema_decay": 0.9999,
+    "ema_start": 1000,
+    "steps": 100_000,
+    "log_every": 100,
+    "checkpoint_every": 5000,
+    "sample_every": 2000,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "demo": {},
+    "cifar10": {
+        **_CIFAR_COMMON,
+        "data": "cifar10",
+        "run_dir": "runs/fqgan-cifar10",
+        "fq_codebook_size": 2**10,
+        "fq_decay": 0.8,
+        "fq_commitment": 1.0,
+    },
+    "cifar100": {
+        **_CIFAR_COMMON,
+        "data": "cifar100",
+        "run_dir": "runs/fqgan-cifar100",
+        "fq_codebook_size": 2**6,
+        "fq_decay": 0.9,
+        "fq_commitment": 10.0,
+    },
+    "imagenet64": {
+        **_CIFAR_COMMON,
+        "data": "folder:imagenet64/train",
+        "run_dir": "runs/fqgan-imagenet64",
+        "resolution": 64,
+        "fq_layers": "2",
+        "fq_codebook_size": 2**10,
+        "fq_decay": 0.7,
+        "fq_commitment": 0.5,
+        # FQ-BigGAN's I64 script: 1 D step, lr G 1e-4 / D 4e-4, attention at 32, dim_z 120, EMA from 20k.
+        # It accumulates 4 × 128 = 512 images per update; here 128 per process (4 processes match it).
+        "d_steps": 1,
+        "lr_g": 1e-4,
+        "lr_d": 4e-4,
+        "attention": 32,
+        "z_dim": 120,
+        "batch_size": 128,
+        "ema_start": 20_000,
+        "steps": 200_000,
+    },
+    "ring8": {
+        "data": "ring8",
+        "run_dir": "runs/fqgan-ring8",
+        "arch": "mlp",
+        "z_dim": 16,
+        "g_ch": 128,
+        "d_ch": 128,
+        "conditional": False,
+        "fq_layers": "0,1,2",
+        "fq_codebook_size": 64,
+        "batch_size": 256,
+        "d_steps": 1,
+        "lr_g": 1e-3,
+        "lr_d": 1e-3,
+        "adam_beta1": 0.5,
+        "steps": 5000,
+        "ema_start": 0,
+        "ema_decay": 0.99,
+        "num_images": 65536,
+        "sample_every": 500,
+        "checkpoint_every": 1000,
+        "log_every": 100,
+    },
+}
+PRESETS["grid25"] = {**PRESETS["ring8"], "data": "grid25", "run_dir": "runs/fqgan-grid25"}
+
+
+def model_config_for(cfg: TrainConfig, dataset: ImageDataset | MixtureDataset) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild G and D (see :func:`fqgan.models.build_models`)."""
+    mixture = isinstance(dataset, MixtureDataset)
+    if mixture and cfg.arch != "mlp":
+        raise UserError(f"--data {cfg.data} is 2-D points: use --arch mlp (or --preset {cfg.data})")
+    if not mixture and cfg.arch == "mlp":
+        raise UserError(f"--arch mlp is for the 2-D mixtures (ring8, grid25), not --data {cfg.data}")
+    num_classes = dataset.num_classes if (cfg.conditional and not mixture and dataset.num_classes > 1) else 0
+    return {
+        "arch": cfg.arch,
+        "resolution": 0 if mixture else cfg.resolution,
+        "g_ch": cfg.g_ch,
+        "d_ch": cfg.d_ch,
+        "z_dim": cfg.z_dim,
+        "num_classes": num_classes,
+        "attention": cfg.attention,
+        "fq_mode": cfg.fq_mode,
+        "fq_layers": cfg.fq_layers,
+        "fq_codebook_size": cfg.fq_codebook_size,
+        "fq_decay": cfg.fq_decay,
+        "fq_commitment": cfg.fq_commitment,
+        "fq_kmeans_init": cfg.fq_kmeans_init,
+        "fq_dead_code_threshold": cfg.fq_dead_code_threshold,
+    }
+
+
+class GeneratorEMA:
+    """An exponential moving average of G's parameters and float buffers (BigGAN's ``G_ema``)."""
+
+    def __init__(self, generator: nn.Module, decay: float, start_step: int):
+        self.model = copy.deepcopy(generator).eval().requires_grad_(False)
+        self.decay, self.start_step = decay, start_step
+
+    @torch.no_grad()
+    def update(self, generator: nn.Module, step: int) -> None:
+        decay = self.decay if step >= self.start_step else 0.0
+        source = generator.state_dict()
+        for name, target in self.model.state_dict().items():
+            value = source[name]
+            if target.is_floating_point():
+                target.lerp_(value, 1.0 - decay)
+            else:
+                target.copy_(value)
+
+
+def _sample_labels(n: int, num_classes: int, device: torch.device) -> torch.Tensor | None:
+    return torch.randint(num_classes, (n,), device=device) if num_classes > 0 else None
+
+
+class GANSteps:
+    """The two updates of one training step, written out: ``d_steps`` D updates, then one G update.
+
+    ``d_train``/``g_train`` are the (possibly DDP-wrapped) modules used for the
+    update of that network; the other network runs bare (G under ``no_grad`` in
+    D updates, D frozen in G updates), so DDP only synchronises what is updated.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run: TrainingRun,
+        generator: nn.Module,
+        discriminator: QuantizedDiscriminator,
+        opt_g: torch.optim.Optimizer,
+        opt_d: torch.optim.Optimizer,
+    ):
+        self.cfg, self.run = cfg, run
+        self.generator, self.discriminator = generator, discriminator
+        self.g_train, self.d_train = run.wrap(generator), run.wrap(discriminator)
+        self.opt_g, self.opt_d = opt_g, opt_d
+        self.policy = parse_policy(cfg.diffaug)
+        self.z_dim = generator.z_dim
+        self.num_classes = generator.num_classes
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.policy) if self.policy else x
+
+    def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self.run.device
+        return torch.randn(n, self.z_dim, device=device), _sample_labels(n, self.num_classes, device)
+
+    def discriminator_update(
+        self, step: int, real: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        run, n = self.run, real.shape[0]
+        z, y_fake = self._noise(n)
+        with torch.no_grad(), run.precision.autocast():
+            fake = self.generator(z, y_fake).float()
+        # One D call on [real; fake], as BigGAN does: each dictionary sees both in one EMA update.
+        inputs = torch.cat([self.augment(real), self.augment(fake)])
+        y_all = torch.cat([labels, y_fake]) if y_fake is not None else None
+        with run.precision.autocast():
+            scores = self.d_train(inputs, y_all).float()
+            gan_loss = discriminator_loss(self.cfg.loss, scores[:n], scores[n:])
+            fq_loss = self.discriminator.pop_fq_loss()
+            loss = gan_loss + fq_loss
+        run.check_finite(step, {"d_loss": loss})
+        self.opt_d.zero_grad(set_to_none=True)
+        run.precision.backward(loss)
+        run.precision.step(self.opt_d)
+        return {
+            "d_loss": loss.detach(),
+            "d_gan_loss": gan_loss.detach(),
+            "fq_loss_d": fq_loss.detach(),
+            "d_real": scores[:n].mean().detach(),
+            "d_fake": scores[n:].mean().detach(),
+            # Dictionary usage on this [real; fake] batch (the G update's forward sees fakes only).
+            **fq_statistics(self.discriminator.quantizers),
+        }
+
+    def generator_update(self, step: int, n: int) -> dict[str, torch.Tensor]:
+        run = self.run
+        z, y_fake = self._noise(n)
+        self.discriminator.requires_grad_(False)
+        try:
+            with run.precision.autocast():
+                fake = self.g_train(z, y_fake)
+                scores = self.discriminator(self.augment(fake), y_fake).float()
+                gan_loss = generator_loss(self.cfg.loss, scores)
+                fq_loss = self.discriminator.pop_fq_loss()  # commitment of fake features, into G's loss
+                loss = gan_loss + fq_loss
+            run.check_finite(step, {"g_loss": loss})
+            self.opt_g.zero_grad(set_to_none=True)
+            run.precision.backward(loss)
+            run.precision.step(self.opt_g)
+        finally:
+            self.discriminator.requires_grad_(True)
+        return {"g_loss": loss.detach(), "g_gan_loss": gan_loss.detach(), "fq_loss_g": fq_loss.detach()}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` leaves behind in memory (everything is also on disk under ``run_dir``)."""
+
+    metrics: dict[str, float]
+    generator: nn.Module
+    discriminator: nn.Module
+    generator_ema: nn.Module
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run one training (fresh or resumed); returns the last logged metrics and the models."""
+    if cfg.d_steps < 1:
+        raise UserError(f"--d-steps must be at least 1, got {cfg.d_steps}")
+    policy = parse_policy(cfg.diffaug)
+    dataset = load_dataset(
+        cfg.data,
+        data_root=cfg.data_root,
+        resolution=cfg.resolution,
+        num_images=cfg.num_images,
+        seed=cfg.data_seed,
+    )
+    mixture = isinstance(dataset, MixtureDataset)
+    if mixture and policy:
+        raise UserError("--diffaug applies to images, not to the 2-D mixtures")
+    model_config = model_config_for(cfg, dataset)
+    with torch.device("meta"):  # validate sizes and FQ layers before a run directory is touched
+        build_models(model_config)
+    with TrainingRun(cfg, model_config=model_config, name="fqgan") as run:
+        if getattr(dataset, "skipped", 0):
+            run.logger.warning("skipped %d unreadable image(s) in %s", dataset.skipped, cfg.data)
+        run.logger.info("data %s: %d items, %d classes", cfg.data, len(dataset), dataset.num_classes)
+        generator, discriminator = build_models(model_config)
+        generator.to(run.device)
+        discriminator.to(run.device)
+        ema = GeneratorEMA(generator, cfg.ema_decay, cfg.ema_start)
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=betas)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr_d, betas=betas)
+        run.track(
+            models={"generator": generator, "discriminator": discriminator, "generator_ema": ema.model},
+            optimizers={"generator": opt_g, "discriminator": opt_d},
+        )
+        start = run.resume()
+        gan = GANSteps(cfg, run, generator, discriminator, opt_g, opt_d)
+        sampler = run.sampler(len(dataset), cfg.batch_size)
+        grid_z, grid_y = fixed_noise(cfg.num_grid_samples, model_config, seed=cfg.seed, device=run.device)
+        last: dict[str, float] = {}
+        images_seen, clock = 0, time.perf_counter()
+        for step in run.steps(start):
+            generator.train()
+            discriminator.train()
+            try:
+                for k in range(cfg.d_steps):
+                    # Batch k of step s is a pure function of (seed, s, k): resumes replay exactly.
+                    indices = sampler.batch_for_step((step - 1) * cfg.d_steps + k + 1)
+                    real, labels = dataset.batch(indices, run.device)
+                    d_metrics = gan.discriminator_update(step, real, labels)
+                g_metrics = gan.generator_update(step, cfg.batch_size)
+            except QuantizationInputError as error:
+                # The quantizer refuses NaN/inf features before touching its dictionary: report it
+                # like a non-finite loss; checkpoints on disk all predate this step.
+                latest = run.checkpoints.latest()
+                where = (
+                    f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
+                )
+                raise TrainingDiverged(
+                    f"discriminator features became non-finite at step {step}{where}"
+                ) from error
+            ema.update(generator, step)
+            images_seen += cfg.batch_size * (cfg.d_steps + 1) * run.dist.world_size
+            if run.should_log(step):
+                elapsed = time.perf_counter() - clock
+                metrics = {**d_metrics, **g_metrics, "images_per_s": images_seen / max(elapsed, 1e-9)}
+                last = run.log(step, metrics)
+                images_seen, clock = 0, time.perf_counter()
+            if run.dist.is_main and (step % max(1, cfg.sample_every) == 0 or step == cfg.steps):
+                save_sample_grid(ema.model, grid_z, grid_y, run.samples_dir / f"step_{step:06d}.png", mixture)
+        run.logger.info("done: %s", run.run_dir)
+    return TrainResult(last, generator, discriminator, ema.model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(
+        train,
+        TrainConfig,
+        argv,
+        prog="fqgan-train",
+        description=__doc__,
+        presets=PRESETS,
+        module="fqgan.train",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Two-process DDP training (identical dictionaries on every rank) and the console scripts as subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dgm_core.cli import config_from_dict
+from dgm_core.testing import run_distributed
+
+
+def _train_on_one_rank(rank: int, world_size: int, run_dir: str):
+    torch.set_num_threads(1)
+    from fqgan.train import TrainConfig, train
+
+    options = {
+        "device": "cpu", "run_dir": run_dir, "steps": 2, "batch_size": 8, "num_images": 64, "g_ch": 4,
+        "d_ch": 4, "z_dim": 16, "fq_codebook_size": 16, "d_steps": 1, "progress": False, "log_every": 1,
+        "fq_mode": "loss_only",
+    }  # fmt: skip
+    result = train(config_from_dict(TrainConfig, options))
+    codebooks = {name: q.codebook.clone() for name, q in result.discriminator.quantizers.items()}
+    # Parameters only: BatchNorm running statistics are per rank under DDP (no SyncBN), as usual.
+    generator = {k: v.detach().clone() for k, v in result.generator.named_parameters()}
+    return codebooks, generator
+
+
+@pytest.mark.slow
+def test_two_process_training_keeps_identical_dictionaries_on_both_ranks(tmp_path):
+    (codebooks_0, g_0), (codebooks_1, g_1) = run_distributed(_train_on_one_rank, 2, str(tmp_path / "run"))
+    assert set(codebooks_0) == {"block0", "block1", "block2", "block3"}
+    for name in codebooks_0:
+        torch.testing.assert_close(codebooks_0[name], codebooks_1[name], rtol=0, atol=0)
+    for key in g_0:
+        torch.testing.assert_close(g_0[key], g_1[key], rtol=0, atol=0, msg=f"generator {key} differs")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["world_size"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
+
+
+def _script(name: str) -> str:
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        pytest.skip(f"{name} is not installed next to {sys.executable}")
+    return path
+
+
+@pytest.mark.slow
+def test_console_scripts_train_sample_and_report_errors(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "run"
+    tiny = [
+        "--steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--num-images",
+        "32",
+        "--g-ch",
+        "4",
+        "--d-ch",
+        "4",
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        [_script("fqgan-train"), *tiny, "--run-dir", str(run_dir)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert (run_dir / "checkpoints" / "step_000001").is_dir()
+    sampled = subprocess.run(
+        [_script("fqgan-sample"), "--checkpoint", str(run_dir), "--num-samples", "2"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert sampled.returncode == 0, sampled.stderr
+    bad = subprocess.run(
+        [_script("fqgan-eval"), "--checkpoint", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("fqgan-eval: error:") and "Traceback" not in bad.stderr
+    )
+    for name in ("fqgan-train", "fqgan-ablate"):
+        helped = subprocess.run([_script(name), "--help"], capture_output=True, text=True)
+        assert helped.returncode == 0 and "--fq" in helped.stdout or "--variants" in helped.stdout

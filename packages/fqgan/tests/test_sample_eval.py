@@ -1,0 +1,167 @@
+"""fqgan-sample and fqgan-eval on a freshly trained tiny run, and the metric maths behind them."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from fqgan_test_helpers import write_cifar10
+
+from fqgan import evaluate as evaluate_module
+from fqgan.data import FACTOR_SIZES, NUM_FACTOR_COMBINATIONS, make_mixture, make_shapes, mixture_centers
+from fqgan.evaluate import image_quality, kl_from_uniform, mixture_quality, mode_coverage
+from fqgan.evaluate import main as eval_main
+from fqgan.sample import main as sample_main
+from fqgan.sample import truncated_noise
+from fqgan.train import main as train_main
+
+TINY_TRAIN = [
+    "--device", "cpu", "--steps", "2", "--batch-size", "8", "--num-images", "64",
+    "--g-ch", "4", "--d-ch", "4",
+    "--z-dim", "16", "--fq-codebook-size", "16", "--d-steps", "1", "--no-progress",
+]  # fmt: skip
+TINY_CLASSIFIER = ["--classifier-steps", "20", "--classifier-images", "256", "--real-images", "256"]
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("shapes") / "run"
+    assert train_main([*TINY_TRAIN, "--run-dir", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_sample_writes_a_grid_and_an_npz_per_class(shapes_run, tmp_path):
+    out = tmp_path / "samples"
+    assert sample_main(["--checkpoint", str(shapes_run), "--num-samples", "5", "--out", str(out)]) == 0
+    assert (out / "sample_step_000002.png").is_file()
+    archive = np.load(out / "sample_step_000002.npz")
+    assert archive["images"].shape == (15, 32, 32, 3) and archive["images"].dtype == np.uint8
+    assert archive["labels"].tolist() == [0] * 5 + [1] * 5 + [2] * 5
+
+
+def test_sample_one_class_and_default_location(shapes_run):
+    assert sample_main(["--checkpoint", str(shapes_run), "--num-samples", "3", "--class-id", "2"]) == 0
+    archive = np.load(shapes_run / "samples" / "sample_step_000002_class2.npz")
+    assert archive["labels"].tolist() == [2, 2, 2]
+
+
+def test_sample_rejects_a_class_that_does_not_exist(shapes_run, capsys):
+    assert sample_main(["--checkpoint", str(shapes_run), "--class-id", "7"]) == 2
+    assert "--class-id 7 does not exist" in capsys.readouterr().err
+
+
+def test_sample_from_a_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    assert sample_main(["--checkpoint", str(tmp_path / "nothing")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore:.*singular:RuntimeWarning")
+def test_eval_on_shapes_writes_factor_metrics(shapes_run, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["--checkpoint", str(shapes_run), "--num-samples", "160", "--classifier-cache", str(cache)]
+    assert eval_main([*args, *TINY_CLASSIFIER]) == 0
+    result = json.loads((shapes_run / "eval.json").read_text())
+    assert result["step"] == 2 and result["num_samples"] == 160
+    assert result["factor_fd"] >= 0 and result["fd_real"] >= 0
+    assert 0 < result["mode_coverage"] <= 1 and 0 <= result["label_accuracy"] <= 1
+    assert 0 <= result["combination_kl"] <= math.log(NUM_FACTOR_COMBINATIONS) + 1e-9
+    cached = sorted(p.suffix for p in cache.iterdir())
+    assert cached == [".json", ".npz", ".safetensors"]  # classifier, its record, real statistics
+    # A second evaluation reuses the cache and, with the same seed, gives the same numbers.
+    assert eval_main([*args, *TINY_CLASSIFIER, "--output", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["factor_fd"] == pytest.approx(result["factor_fd"])
+
+
+def test_eval_on_a_mixture_counts_modes(tmp_path):
+    run_dir = tmp_path / "grid"
+    args = [
+        "--preset",
+        "grid25",
+        "--run-dir",
+        str(run_dir),
+        "--steps",
+        "2",
+        "--no-progress",
+        "--num-images",
+        "512",
+    ]
+    assert train_main(args) == 0
+    assert eval_main(["--checkpoint", str(run_dir), "--num-samples", "300"]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["num_modes"] == 25 and 0 <= result["modes_covered"] <= 25
+    assert 0 <= result["high_quality"] <= 1
+    assert (
+        sample_main(["--checkpoint", str(run_dir), "--num-samples", "10", "--out", str(tmp_path / "pts")])
+        == 0
+    )
+    archive = np.load(tmp_path / "pts" / "sample_step_000002.npz")
+    assert archive["points"].shape == (10, 2) and archive["labels"].tolist() == [-1] * 10
+    assert (tmp_path / "pts" / "sample_step_000002.png").is_file()
+
+
+def test_eval_without_inception_weights_says_which_file_is_needed(tmp_path, capsys):
+    write_cifar10(tmp_path / "data", per_batch=4)
+    run_dir = tmp_path / "run"
+    data = ["--data", "cifar10", "--data-root", str(tmp_path / "data")]
+    assert train_main([*TINY_TRAIN, *data, "--run-dir", str(run_dir), "--steps", "1"]) == 0
+    capsys.readouterr()
+    missing = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    assert eval_main(["--checkpoint", str(run_dir), "--inception-weights", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fqgan-eval: error:") and "pt_inception" in err
+
+
+def test_image_quality_matches_itself_and_caches_real_statistics(tmp_path):
+    torch.manual_seed(0)
+    extractor = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 4, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(8)
+    )
+    extractor(torch.zeros(1, 3, 32, 32))
+    real = make_shapes(300, seed=1)
+    real_features, _ = evaluate_module.extract_features(extractor, real.images, 100, "cpu")
+    stats_file = tmp_path / "real.npz"
+    same = image_quality(
+        real_features, None, real_source=lambda: real, extractor=extractor, fid_stats=str(stats_file)
+    )
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["kid"] == pytest.approx(0.0, abs=0.05)
+    assert stats_file.is_file()
+    shifted = image_quality(
+        real_features + 1.0, None, real_source=lambda: pytest.fail("cached stats must be used"),
+        extractor=extractor, fid_stats=str(stats_file),
+    )  # fmt: skip
+    assert shifted["fid"] == pytest.approx(8.0, rel=1e-4)  # ‖Δμ‖² = 8 · 1², same covariance
+
+
+def test_kl_from_uniform_closed_forms():
+    assert kl_from_uniform(torch.tensor([5, 5, 5, 5])) == pytest.approx(0.0, abs=1e-9)
+    assert kl_from_uniform(torch.tensor([7, 0, 0, 0])) == pytest.approx(math.log(4))
+    assert kl_from_uniform(torch.tensor([1, 1, 0, 0])) == pytest.approx(math.log(2))
+
+
+def test_mode_coverage_of_every_combination_and_of_one():
+    grids = torch.meshgrid(*[torch.arange(k) for k in FACTOR_SIZES], indexing="ij")
+    every = torch.stack([g.flatten() for g in grids], dim=1)
+    full = mode_coverage(every.repeat(2, 1))
+    assert full["mode_coverage"] == 1.0 and full["combination_kl"] == pytest.approx(0.0, abs=1e-9)
+    one = mode_coverage(every[:1].repeat(10, 1))
+    assert one["mode_coverage"] == pytest.approx(1 / 96)
+    assert one["combination_kl"] == pytest.approx(math.log(96))
+
+
+def test_mixture_quality_on_true_collapsed_and_off_mode_samples():
+    centers, std = mixture_centers("grid25")
+    true = make_mixture("grid25", num_points=2500, seed=0).points
+    good = mixture_quality(true, centers, std)
+    assert good["modes_covered"] == 25 and good["high_quality"] > 0.98 and good["mode_kl"] < 0.05
+    collapsed = mixture_quality(centers[3].repeat(100, 1), centers, std)
+    assert collapsed["modes_covered"] == 1 and collapsed["high_quality"] == 1.0
+    assert collapsed["mode_kl"] == pytest.approx(math.log(25))
+    between = mixture_quality(torch.full((50, 2), 1.0), centers, std)  # midway between modes
+    assert between["modes_covered"] == 0 and between["high_quality"] == 0.0
+
+
+def test_truncated_noise_stays_inside_the_threshold():
+    z = truncated_noise(500, 8, 0.5, torch.Generator().manual_seed(0))
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
