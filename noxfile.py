@@ -176,13 +176,16 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks, side by side with the named peers (installed here only)."""
+    """Benchmarks, side by side with the named peers (installed here only); never part of the default run."""
     _prepare(session)
     _install_packages(session, PACKAGES)
     session.install("vector-quantize-pytorch")
+    # `nox -s bench -- quantization metrics` runs only the scripts whose names contain those words.
+    wanted = session.posargs
     for package in PACKAGES:
         for script in sorted((ROOT / "packages" / package / "benchmarks").glob("bench_*.py")):
-            session.run("python", str(script), *session.posargs, env=TEST_ENV)
+            if not wanted or any(word in script.stem for word in wanted):
+                session.run("python", str(script), env=TEST_ENV)
 
 
 @nox.session

@@ -55,13 +55,46 @@ def init_distributed(device_spec: str = "auto", timeout_s: float = 1800.0) -> tu
         torch.cuda.set_device(device)
     if info.is_distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend=backend,
-            init_method="env://",
-            timeout=datetime.timedelta(seconds=timeout_s),
-            device_id=device if device.type == "cuda" else None,
-        )
+        timeout = datetime.timedelta(seconds=timeout_s)
+        device_id = device if device.type == "cuda" else None
+        store = _restart_safe_store(info, timeout)
+        if store is None:
+            dist.init_process_group(
+                backend=backend, init_method="env://", timeout=timeout, device_id=device_id
+            )
+        else:
+            dist.init_process_group(
+                backend=backend,
+                store=store,
+                rank=info.rank,
+                world_size=info.world_size,
+                timeout=timeout,
+                device_id=device_id,
+            )
     return info, device
+
+
+def _restart_safe_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Store | None:
+    """A store namespaced by torchrun's restart attempt, or None outside torchrun.
+
+    torchrun's agent keeps serving the same store (same MASTER_PORT) across restarts, so the
+    process group's keys from a crashed attempt -- e.g. gloo's peer addresses -- are still
+    there when the restarted workers rendezvous, and a worker can read a dead peer's address
+    (seen as "Gloo connectFullMesh failed ... Connection refused" after --max-restarts).
+    A prefix per attempt gives every attempt clean keys.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=info.world_size,
+        is_master=info.rank == 0 and not agent_hosts_store,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"dgm/attempt_{attempt}", store)
 
 
 def shutdown_distributed() -> None:
