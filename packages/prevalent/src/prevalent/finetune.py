@@ -515,24 +515,6 @@ class FinetuneConfig(TrainingConfig):
     dropout: float = option(0.1, help="Scratch only: dropout.")
 
 
-def _scratch_encoder_config(
-    cfg: FinetuneConfig, tokenizer: InstructionTokenizer, world: World
-) -> EncoderConfig:
-    return EncoderConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size,
-        text_layers=cfg.text_layers,
-        cross_layers=cfg.cross_layers,
-        image_feature_size=world.feature_size,
-        angle_feature_size=cfg.angle_feature_size,
-        max_text_length=cfg.max_text_length,
-        dropout=cfg.dropout,
-        pad_token_id=tokenizer.pad_id,
-    )
-
-
 def finetune(cfg: FinetuneConfig) -> dict:
     """The body of ``prevalent-finetune``; returns the final evaluation record (also in eval.json)."""
     task = get_task(cfg.task)
@@ -563,7 +545,12 @@ def finetune(cfg: FinetuneConfig) -> dict:
         else:
             with main_process_first():
                 tokenizer = build_tokenizer(world, cfg.vocab_size, "", run_dir / "tokenizer.json")
-        encoder_config = _scratch_encoder_config(cfg, tokenizer, world)
+        encoder_config = EncoderConfig.from_options(
+            cfg,
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_id,
+            image_feature_size=world.feature_size,
+        )
     model_record = {"encoder": encoder_config.to_dict(), "task": task.name, "pretrained": str(pretrained)}
     with TrainingRun(cfg, model_config=model_record, name=f"prevalent-finetune-{task.name}") as run:
         if pretrained is not None:

@@ -262,18 +262,11 @@ def pretrain(cfg: PretrainConfig) -> int:
         # saved in the run and the bundle, and a from-scratch baseline can reuse it (--tokenizer).
         vocab_world = world if cfg.data else open_world("", "", cfg.synthetic_seed)
         tokenizer = build_tokenizer(vocab_world, cfg.vocab_size, cfg.bert, run_dir / "tokenizer.json")
-    encoder_config = EncoderConfig(
+    encoder_config = EncoderConfig.from_options(
+        cfg,
         vocab_size=tokenizer.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads,
-        intermediate_size=cfg.intermediate_size,
-        text_layers=cfg.text_layers,
-        cross_layers=cfg.cross_layers,
-        image_feature_size=world.feature_size,
-        angle_feature_size=cfg.angle_feature_size,
-        max_text_length=cfg.max_text_length,
-        dropout=cfg.dropout,
         pad_token_id=tokenizer.pad_id,
+        image_feature_size=world.feature_size,
     )
     with TrainingRun(cfg, model_config=encoder_config.to_dict(), name="prevalent-pretrain") as run:
         rule = MaskingRule(

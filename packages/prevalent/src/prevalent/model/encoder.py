@@ -71,6 +71,23 @@ class EncoderConfig:
             max_text_length=512,
         )
 
+    @classmethod
+    def from_options(cls, options: object, *, vocab_size: int, pad_token_id: int, image_feature_size: int):
+        """The config a CLI's size options describe (pretrain and finetune share the option names)."""
+        return cls(
+            vocab_size=vocab_size,
+            hidden_size=options.hidden_size,
+            num_attention_heads=options.num_attention_heads,
+            intermediate_size=options.intermediate_size,
+            text_layers=options.text_layers,
+            cross_layers=options.cross_layers,
+            image_feature_size=image_feature_size,
+            angle_feature_size=options.angle_feature_size,
+            max_text_length=options.max_text_length,
+            dropout=options.dropout,
+            pad_token_id=pad_token_id,
+        )
+
     @property
     def vision_input_size(self) -> int:
         """Width of one view token before projection: image feature ⊕ orientation feature."""
