@@ -55,6 +55,15 @@ def test_resume_continues_bit_identically(tmp_path):
     assert not all(torch.equal(straight[k], v) for k, v in weights(tmp_path / "other").items())
 
 
+def test_resumed_run_keeps_one_metrics_record_per_step(tmp_path):
+    assert run_toy(tmp_path, "run", "--steps", "6", "--log-every", "1", "--checkpoint-every", "4") == 0
+    first = tmp_path / "run" / "checkpoints" / "step_000004"
+    # resuming from step 4 re-runs steps 5 and 6, which were already logged once
+    assert run_toy(tmp_path, "run", "--steps", "8", "--log-every", "1", "--resume", str(first)) == 0
+    steps = [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert steps == list(range(1, 9))
+
+
 def test_resume_with_a_different_model_config_is_refused_and_changes_nothing(tmp_path, capsys):
     assert run_toy(tmp_path, "run", "--steps", "3") == 0
     before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}

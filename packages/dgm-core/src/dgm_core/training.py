@@ -232,6 +232,7 @@ class TrainingRun:
                 self.dist.world_size,
             )
             seed_everything(self.cfg.seed + step * 7919, rank=self.dist.rank)
+        self.logger.truncate_after(step)
         self.logger.info("resumed from %s at step %d", checkpoint, step)
         return step
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -107,6 +108,22 @@ class RunLogger:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop metrics.jsonl records past ``step``: a resumed run re-logs those steps itself.
+
+        Without this, a run that crashed after logging step 105 but resumed from its step-100
+        checkpoint would record steps 101-105 twice.
+        """
+        if not self.is_main or self._metrics is None:
+            return
+        path = Path(self._metrics.name)
+        self._metrics.close()
+        kept = [r for r in read_metrics(path) if not isinstance(r.get("step"), int) or r["step"] <= step]
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, path)
+        self._metrics = open(path, "a")  # noqa: SIM115
 
     def progress(
         self, iterable: Iterable | None = None, total: int | None = None, initial: int = 0, **kwargs
