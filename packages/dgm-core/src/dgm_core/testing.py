@@ -36,6 +36,10 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, fn: Callable, a
         result = fn(rank, world_size, *args)
         with open(Path(out_dir) / f"rank{rank}.pkl", "wb") as handle:
             pickle.dump(result, handle)
+        # Tear down only when every rank is done: a rank that leaves while a peer still has gloo
+        # work in flight can kill that peer ("terminate called without an active exception").
+        if dist.is_initialized():
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
