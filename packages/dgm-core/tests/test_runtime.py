@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from dgm_core.data import ShardedBatchSampler
 from dgm_core.errors import UserError
 from dgm_core.runtime import capture_rng_state, resolve_device, restore_rng_state, seed_everything
 from dgm_core.runtime.distributed import all_gather_object, all_reduce_sum, gather_for_metrics, wrap_ddp
 from dgm_core.runtime.precision import Precision
+from dgm_core.sampler import ShardedBatchSampler
 from dgm_core.testing import run_distributed
 
 

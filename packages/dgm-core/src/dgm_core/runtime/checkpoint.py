@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from safetensors.torch import load_model, save_model
 
 from dgm_core.errors import UserError
 from dgm_core.runtime.distributed import unwrap_model
+from dgm_core.runtime.files import atomic_directory, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -40,23 +40,6 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 class CheckpointError(UserError):
     """A checkpoint that is missing, half-written, corrupt or does not fit the model."""
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON next to ``path`` then rename over it: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _bundle(modules: Mapping[str, torch.nn.Module]) -> torch.nn.ModuleDict:
@@ -131,27 +114,13 @@ class CheckpointManager:
         """Write checkpoint ``step`` atomically, then prune to the newest ``keep_last``."""
         self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path_for(step)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.directory))
-        try:
+        # Re-saving a step (e.g. after a resume) replaces it without a moment lacking a complete step_N.
+        with atomic_directory(final) as tmp:
             save_weights(tmp / WEIGHTS_FILE, modules)
             write_json_atomic(tmp / CONFIG_FILE, dict(config))
             if training_state is not None:
                 with open(tmp / STATE_FILE, "wb") as handle:
                     torch.save(dict(training_state), handle)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            if final.exists():
-                # Re-saving a step (e.g. after a resume): move the old one aside first so
-                # that there is never a moment without a complete step_N.
-                trash = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=self.directory))
-                os.replace(final, trash / final.name)
-                os.replace(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self._prune()
         return final
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,48 @@ def get_logger(name: str = "dgm", is_main: bool = True, log_file: str | Path | N
         file_handler.setFormatter(logging.Formatter(_FORMAT))
         logger.addHandler(file_handler)
     return logger
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _LogLineProgress:
+    """The part of tqdm's interface the runtime uses, reporting as occasional log lines."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        iterable: Iterable | None,
+        total: int | None,
+        initial: int,
+        desc: str,
+        lines_every: int | None,
+    ):
+        self.logger, self.iterable, self.total, self.n, self.desc = logger, iterable, total, initial, desc
+        self.every = lines_every or max(1, (total or 100) // 20)
+        self._start_n, self._clock = initial, time.perf_counter()
+
+    def __iter__(self):
+        for item in self.iterable or ():
+            yield item
+            self.update(1)
+
+    def update(self, count: int = 1) -> None:
+        self.n += count
+        if self.n % self.every == 0 or (self.total is not None and self.n == self.total):
+            rate = (self.n - self._start_n) / max(time.perf_counter() - self._clock, 1e-9)
+            of = f"/{self.total}" if self.total is not None else ""
+            self.logger.info("%s: %d%s (%.3g it/s)", self.desc, self.n, of, rate)
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _plain(value: Any) -> Any:
@@ -128,8 +171,18 @@ class RunLogger:
     def progress(
         self, iterable: Iterable | None = None, total: int | None = None, initial: int = 0, **kwargs
     ):
-        """A tqdm bar on the main process; a silent pass-through elsewhere."""
+        """A tqdm bar on the main process when stderr is a terminal.
+
+        Elsewhere (a SLURM or Kubernetes log, a pipe) a bar would fill the log with carriage-return
+        frames, so the main process logs a plain progress line every ``lines_every`` updates
+        (default: a twentieth of ``total``) instead; other ranks are silent.
+        """
         disable = kwargs.pop("disable", False) or not self.is_main
+        lines_every = kwargs.pop("lines_every", None)
+        if not disable and not _is_terminal(sys.stderr):
+            return _LogLineProgress(
+                self.logger, iterable, total, initial, kwargs.get("desc", self.logger.name), lines_every
+            )
         return tqdm(iterable, total=total, initial=initial, disable=disable, dynamic_ncols=True, **kwargs)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The scaffolding every training CLI shares, so each package's train step stays short.
+"""One training run: the object every training CLI opens, so each package's train step stays short.
 
 A package's training function reads top to bottom::
 
@@ -30,69 +30,34 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dgm_core.cli import option
-from dgm_core.data import ShardedBatchSampler
 from dgm_core.errors import UserError
-from dgm_core.runtime.checkpoint import CheckpointError, CheckpointManager, write_json_atomic
+from dgm_core.runtime.checkpoint import CheckpointError, CheckpointManager
 from dgm_core.runtime.device import capture_rng_state, restore_rng_state, seed_everything
 from dgm_core.runtime.distributed import (
     all_gather_object,
     all_reduce_mean,
     init_distributed,
+    main_process_first,
     shutdown_distributed,
     unwrap_model,
     wait_for_everyone,
     wrap_ddp,
 )
+from dgm_core.runtime.files import write_json_atomic
 from dgm_core.runtime.logging import RunLogger
-from dgm_core.runtime.precision import PRECISIONS, Precision
-
-
-@dataclass
-class RuntimeConfig:
-    """Options of every CLI that runs a model."""
-
-    device: str = option(
-        "auto", help="Device: auto, cpu, cuda or cuda:N (auto uses cuda:LOCAL_RANK when present)."
-    )
-    precision: str = option(
-        "fp32", help="fp32, bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling).", choices=PRECISIONS
-    )
-    seed: int = option(0, help="Random seed; each rank adds its rank.")
-    deterministic: bool = option(False, help="Use deterministic algorithms only (slower).")
-
-
-@dataclass
-class TrainingConfig(RuntimeConfig):
-    """Options of every training CLI."""
-
-    run_dir: str = option(
-        "runs/default", help="Directory for config, logs, metrics, samples and checkpoints."
-    )
-    steps: int = option(1000, help="Number of optimizer steps to train for (in total, across resumes).")
-    log_every: int = option(10, help="Log metrics every N steps.")
-    checkpoint_every: int = option(500, help="Save a checkpoint every N steps (0: only at the end).")
-    keep_checkpoints: int = option(3, help="Keep only the newest N checkpoints.")
-    resume: str = option(
-        "auto",
-        help="auto: continue from the newest checkpoint in run_dir if there is one; "
-        "none: start fresh (refuses a run_dir that has checkpoints); or a checkpoint/run path.",
-    )
-    tensorboard: bool = option(False, help="Also log to TensorBoard (needs the tensorboard package).")
-    progress: bool = option(True, help="Show a progress bar.")
-    fault_at_step: int = option(
-        0, help="Testing only: the last rank crashes at this step on the first attempt (0: never)."
-    )
+from dgm_core.runtime.precision import Precision
+from dgm_core.sampler import ShardedBatchSampler
+from dgm_core.training.config import TrainingConfig
+from dgm_core.training.faults import maybe_crash
+from dgm_core.training.resume import choose_resume_checkpoint, last_good_checkpoint_note
 
 
 class TrainingDiverged(UserError):
@@ -123,7 +88,9 @@ class TrainingRun:
         self.run_dir = Path(cfg.run_dir)
         self._check_run_dir()
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
-        self.resume_from = self._find_resume_checkpoint()
+        self.resume_from = choose_resume_checkpoint(
+            cfg.resume, self.checkpoints, self.run_dir, self.model_config
+        )
         wait_for_everyone()  # every rank has validated before anything is written
         self.logger = RunLogger(
             self.run_dir, name=name, is_main=self.dist.is_main, tensorboard=cfg.tensorboard
@@ -146,34 +113,6 @@ class TrainingRun:
             raise UserError(
                 f"run directory {self.run_dir} is not writable: {error.strerror or error}"
             ) from None
-
-    def _find_resume_checkpoint(self) -> Path | None:
-        choice = self.cfg.resume
-        if choice == "none":
-            latest = self.checkpoints.latest()
-            if latest is not None:
-                raise UserError(
-                    f"run directory {self.run_dir} already holds checkpoints (newest {latest.name}); "
-                    "use --resume auto to continue it or choose another --run-dir"
-                )
-            return None
-        checkpoint = self.checkpoints.latest() if choice == "auto" else CheckpointManager.resolve(choice)
-        if checkpoint is None:
-            return None
-        saved = CheckpointManager.read_config(checkpoint)
-        saved_model = saved.get("model")
-        if saved_model != self.model_config:
-            keys = sorted(set(saved_model or {}) | set(self.model_config))
-            diffs = [
-                f"{k}: {(saved_model or {}).get(k)!r} in checkpoint vs {self.model_config.get(k)!r} now"
-                for k in keys
-                if (saved_model or {}).get(k) != self.model_config.get(k)
-            ]
-            raise UserError(
-                f"cannot resume from {checkpoint}: its model config differs ({'; '.join(diffs[:3])}); "
-                "train it in another --run-dir"
-            )
-        return checkpoint
 
     def config_record(self) -> dict[str, Any]:
         return {
@@ -202,6 +141,14 @@ class TrainingRun:
         for group, objects in (("optimizer", optimizers), ("scheduler", schedulers), ("extra", extra_state)):
             for name, obj in (objects or {}).items():
                 self.stateful[f"{group}/{name}"] = obj
+
+    def main_process_first(self):
+        """A context in which rank 0 runs first (one-time preparation: caches, tokenizers), then the rest.
+
+        It exists only on a run object, i.e. after the process group is set up, so the barrier
+        it relies on can never silently be skipped.
+        """
+        return main_process_first()
 
     def wrap(self, model: torch.nn.Module, **ddp_kwargs) -> torch.nn.Module:
         """DDP-wrap ``model`` when distributed (parameters are already identical: same seed/checkpoint)."""
@@ -260,7 +207,9 @@ class TrainingRun:
         bar = self.logger.progress(total=cfg.steps, initial=start, desc=self.name, disable=not cfg.progress)
         try:
             for step in range(start + 1, cfg.steps + 1):
-                self._maybe_inject_fault(step)
+                maybe_crash(
+                    step, cfg.fault_at_step, self.dist.rank, self.dist.world_size, self.logger.logger
+                )
                 yield step
                 bar.update(1)
                 due = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
@@ -311,11 +260,11 @@ class TrainingRun:
         for name, value in losses.items():
             number = float(value.detach().float().item()) if torch.is_tensor(value) else float(value)
             if not math.isfinite(number):
-                latest = self.checkpoints.latest()
-                where = (
-                    f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
-                )
-                raise TrainingDiverged(f"{name} became {number} at step {step}{where}")
+                raise self.diverged(f"{name} became {number} at step {step}")
+
+    def diverged(self, message: str) -> TrainingDiverged:
+        """The error that stops a diverged run, naming the last good checkpoint (raise it)."""
+        return TrainingDiverged(message + last_good_checkpoint_note(self.checkpoints))
 
     def write_json(self, relative_path: str, data: Any) -> Path:
         """Write ``run_dir/relative_path`` atomically (rank 0 only)."""
@@ -323,19 +272,6 @@ class TrainingRun:
         if self.dist.is_main:
             write_json_atomic(path, data)
         return path
-
-    def _maybe_inject_fault(self, step: int) -> None:
-        fault = self.cfg.fault_at_step
-        if fault <= 0 or step != fault:
-            return
-        first_attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) == 0
-        if first_attempt and self.dist.rank == self.dist.world_size - 1:
-            self.logger.logger.error(
-                "injected fault at step %d on rank %d (--fault-at-step)", step, self.dist.rank
-            )
-            for handler in self.logger.logger.handlers:
-                handler.flush()
-            os._exit(17)
 
     # ------------------------------------------------------------------ teardown
     def finish(self) -> None:
