@@ -71,7 +71,7 @@ def test_console_scripts_train_sample_and_report_errors(tmp_path):
     assert done.returncode == 0, done.stderr
     assert (run_dir / "checkpoints" / "step_000001").is_dir()
     sampled = subprocess.run(
-        [_script("fqgan-sample"), "--checkpoint", str(run_dir), "--num-samples", "2"],
+        [_script("fqgan-sample"), "--checkpoint", str(run_dir), "--num-samples", "2", "--deterministic"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert sampled.returncode == 0, sampled.stderr

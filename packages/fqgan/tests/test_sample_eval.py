@@ -8,12 +8,12 @@ import pytest
 import torch
 from fqgan_test_helpers import write_cifar10
 
-from fqgan import evaluate as evaluate_module
+from dgm_core.metrics import extract_features
 from fqgan.data import FACTOR_SIZES, NUM_FACTOR_COMBINATIONS, make_mixture, make_shapes, mixture_centers
-from fqgan.evaluate import image_quality, kl_from_uniform, mixture_quality, mode_coverage
 from fqgan.evaluate import main as eval_main
+from fqgan.generation import truncated_noise
+from fqgan.metrics import image_quality, kl_from_uniform, mixture_quality, mode_coverage
 from fqgan.sample import main as sample_main
-from fqgan.sample import truncated_noise
 from fqgan.train import main as train_main
 
 TINY_TRAIN = [
@@ -66,8 +66,15 @@ def test_eval_on_shapes_writes_factor_metrics(shapes_run, tmp_path):
     assert result["factor_fd"] >= 0 and result["fd_real"] >= 0
     assert 0 < result["mode_coverage"] <= 1 and 0 <= result["label_accuracy"] <= 1
     assert 0 <= result["combination_kl"] <= math.log(NUM_FACTOR_COMBINATIONS) + 1e-9
-    cached = sorted(p.suffix for p in cache.iterdir())
-    assert cached == [".json", ".npz", ".safetensors"]  # classifier, its record, real statistics
+    # The classifier as a dgm-core model folder (its recipe and accuracy in config.json), and the
+    # real statistics as a pytorch-fid .npz.
+    folders = [p for p in cache.iterdir() if p.is_dir()]
+    assert [p.name.startswith("factor_classifier-") for p in folders] == [True]
+    assert sorted(p.name for p in folders[0].iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((folders[0] / "config.json").read_text())
+    assert config["recipe"]["steps"] == 20 and config["recipe"]["num_images"] == 256
+    assert config["held_out_accuracy"] == result["classifier_accuracy"]
+    assert [p.suffix for p in cache.iterdir() if p.is_file()] == [".npz"]
     # A second evaluation reuses the cache and, with the same seed, gives the same numbers.
     assert eval_main([*args, *TINY_CLASSIFIER, "--output", str(tmp_path / "again.json")]) == 0
     again = json.loads((tmp_path / "again.json").read_text())
@@ -101,6 +108,39 @@ def test_eval_on_a_mixture_counts_modes(tmp_path):
     assert (tmp_path / "pts" / "sample_step_000002.png").is_file()
 
 
+def test_sample_in_bf16_on_cpu_is_close_to_fp32(tmp_path):
+    run_dir = tmp_path / "grid"
+    train = ["--preset", "grid25", "--run-dir", str(run_dir), "--steps", "2", "--no-progress"]
+    assert train_main([*train, "--num-images", "512"]) == 0
+    points = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        args = ["--checkpoint", str(run_dir), "--num-samples", "200", "--device", "cpu", "--out", str(out)]
+        assert sample_main([*args, "--precision", precision]) == 0
+        points[precision] = np.load(out / "sample_step_000002.npz")["points"]
+    assert points["bf16"].dtype == np.float32  # cast back before anything is written
+    np.testing.assert_allclose(points["bf16"], points["fp32"], rtol=0.05, atol=0.01)
+    assert not np.array_equal(points["bf16"], points["fp32"])  # the generator really ran in bf16
+
+
+@pytest.mark.filterwarnings("ignore:.*singular:RuntimeWarning")
+def test_eval_on_shapes_in_bf16_on_cpu_is_close_to_fp32(shapes_run, tmp_path):
+    args = ["--checkpoint", str(shapes_run), "--num-samples", "160", "--device", "cpu"]
+    args += ["--classifier-cache", str(tmp_path / "cache"), *TINY_CLASSIFIER]
+    results = {}
+    for precision in ("fp32", "bf16"):
+        output = tmp_path / f"{precision}.json"
+        assert eval_main([*args, "--precision", precision, "--output", str(output)]) == 0
+        results[precision] = json.loads(output.read_text())
+    fp32, bf16 = results["fp32"], results["bf16"]
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    for key in ("factor_fd", "fd_real"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.05)
+    assert bf16["factor_fd"] != fp32["factor_fd"]  # the classifier's features really came from bf16
+    for key in ("mode_coverage", "label_accuracy"):
+        assert bf16[key] == pytest.approx(fp32[key], abs=0.05)
+
+
 def test_eval_without_inception_weights_says_which_file_is_needed(tmp_path, capsys):
     write_cifar10(tmp_path / "data", per_batch=4)
     run_dir = tmp_path / "run"
@@ -120,7 +160,7 @@ def test_image_quality_matches_itself_and_caches_real_statistics(tmp_path):
     )
     extractor(torch.zeros(1, 3, 32, 32))
     real = make_shapes(300, seed=1)
-    real_features, _ = evaluate_module.extract_features(extractor, real.images, 100, "cpu")
+    real_features, _ = extract_features(extractor, real.images, 100, "cpu")
     stats_file = tmp_path / "real.npz"
     same = image_quality(
         real_features, None, real_source=lambda: real, extractor=extractor, fid_stats=str(stats_file)

@@ -8,9 +8,12 @@ import torch
 from fqgan_test_helpers import write_cifar10, write_image_folder
 from safetensors.torch import load_file
 
+from dgm_core.cli import config_from_dict
 from dgm_core.runtime.logging import read_metrics
 from fqgan import train as train_module
-from fqgan.train import main
+from fqgan.checkpoints import load_trained_models
+from fqgan.data import ImageDataset
+from fqgan.train import TrainConfig, main, train
 
 TINY = [
     "--device", "cpu", "--steps", "3", "--batch-size", "8", "--num-images", "64",
@@ -115,6 +118,55 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert sorted(p.name for p in kept.iterdir()) == ["config.json", "model.safetensors", "training_state.pt"]
     assert not (run_dir / "checkpoints" / "step_000003").exists()
     load_file(str(kept / "model.safetensors"))  # still readable
+
+
+def test_non_finite_discriminator_features_stop_with_the_step_and_the_last_good_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    calls = {"n": 0}
+    real_batch = ImageDataset.batch
+
+    def poisoned(self, indices, device):
+        calls["n"] += 1
+        images, labels = real_batch(self, indices, device)
+        # d_steps 1: the 3rd real batch is step 3's; NaN images give NaN features in block 0's dictionary.
+        return (images * float("nan") if calls["n"] == 3 else images), labels
+
+    monkeypatch.setattr(ImageDataset, "batch", poisoned)
+    run_dir = tmp_path / "run"
+    assert main([*TINY, "--run-dir", str(run_dir), "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "discriminator features became non-finite at step 3" in err
+    assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'step_000002'}" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+
+
+def test_a_checkpoint_reloads_the_trained_models_exactly(tmp_path):
+    options = {
+        "device": "cpu", "run_dir": str(tmp_path / "run"), "steps": 2, "batch_size": 8, "num_images": 64,
+        "g_ch": 4, "d_ch": 4, "z_dim": 16, "fq_codebook_size": 16, "d_steps": 1, "progress": False,
+        "ema_start": 1,
+    }  # fmt: skip
+    result = train(config_from_dict(TrainConfig, options))
+    trained = load_trained_models(tmp_path / "run")
+    assert trained.step == 2 and trained.checkpoint.name == "step_000002"
+    assert trained.run_dir == tmp_path / "run" and trained.run_config["steps"] == 2
+    pairs = {
+        "generator": (result.generator, trained.generator),
+        "discriminator": (result.discriminator, trained.discriminator),  # dictionaries included
+        "generator_ema": (result.generator_ema, trained.generator_ema),
+    }
+    for name, (saved, loaded) in pairs.items():
+        before, after = saved.state_dict(), loaded.state_dict()
+        assert before.keys() == after.keys(), name
+        for key in before:
+            assert torch.equal(before[key], after[key]), f"{name}.{key} differs after reloading"
+    assert any(".codebook" in key for key in trained.discriminator.state_dict())
+    z, y = torch.randn(4, 16), torch.tensor([0, 1, 2, 0])
+    result.generator_ema.eval()
+    with torch.no_grad():
+        assert torch.equal(trained.generator_ema(z, y), result.generator_ema(z, y))
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,12 @@
 """Feature-Quantization GAN (Zhao et al., ICML 2020): training, sampling and evaluation.
 
 ``FeatureQuantizer`` attaches dgm-core's EMA dictionary to any discriminator
-block; :mod:`fqgan.models` holds BigGAN/DCGAN/MLP pairs, :mod:`fqgan.train`,
-:mod:`fqgan.sample`, :mod:`fqgan.evaluate` and :mod:`fqgan.ablate` the CLIs.
+block. Libraries: :mod:`fqgan.models` (BigGAN/DCGAN/MLP pairs), :mod:`fqgan.data`,
+:mod:`fqgan.losses`, :mod:`fqgan.diffaug`, :mod:`fqgan.checkpoints` (trained models
+from a checkpoint), :mod:`fqgan.generation` (noise, samples, grids),
+:mod:`fqgan.factor_classifier` and :mod:`fqgan.metrics`. CLIs, on top:
+:mod:`fqgan.train`, :mod:`fqgan.sample`, :mod:`fqgan.evaluate` and
+:mod:`fqgan.ablate` (the one CLI that runs others: train and evaluate).
 """
 
 from fqgan.fq import FeatureQuantizer, QuantizedDiscriminator

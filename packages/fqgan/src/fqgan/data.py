@@ -42,6 +42,11 @@ MIXTURES = ("ring8", "grid25")
 # --------------------------------------------------------------------------- containers
 
 
+def images_in_model_range(images: torch.Tensor) -> torch.Tensor:
+    """``uint8`` images in [0, 255] as float32 in [-1, 1]: the range G produces and D reads."""
+    return images.float().div(127.5).sub_(1.0)
+
+
 @dataclass
 class ImageDataset:
     """Images as ``uint8 (N, 3, H, W)`` with ``long (N,)`` labels (all zeros when unlabelled)."""
@@ -66,7 +71,7 @@ class ImageDataset:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in ``[-1, 1]`` (float32) and labels for ``indices``, on ``device``."""
         index = torch.as_tensor(indices, dtype=torch.long)
-        images = self.images[index].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        images = images_in_model_range(self.images[index].to(device, non_blocking=True))
         return images, self.labels[index].to(device)
 
 

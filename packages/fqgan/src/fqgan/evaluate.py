@@ -16,13 +16,14 @@
   clear error without them); real statistics are read from ``--fid-stats``
   (pytorch-fid ``.npz``) or computed from the dataset once and cached there.
 
-Results go to ``<run_dir>/eval.json`` (and stdout).
+Generator, classifier and Inception forward passes run in ``--precision`` (their outputs cast
+back to float32 before any statistics); cached reference statistics are always computed in fp32.
+The measures themselves are :mod:`fqgan.metrics`. Results go to ``<run_dir>/eval.json`` (and stdout).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,122 +33,26 @@ import torch
 
 from dgm_core import cli
 from dgm_core.cli import option
-from dgm_core.metrics import (
-    FeatureStatistics,
-    extract_features,
-    frechet_distance,
-    inception_score,
-    kernel_inception_distance,
-    load_fid_inception,
-    load_fid_stats,
-)
-from dgm_core.runtime.checkpoint import write_json_atomic
-from dgm_core.runtime.device import resolve_device, seed_everything
-from dgm_core.training import RuntimeConfig
+from dgm_core.inference import InferenceRuntime, RuntimeConfig, open_inference
+from dgm_core.metrics import extract_features, load_fid_inception
+from dgm_core.runtime.files import write_json_atomic
+from fqgan.checkpoints import load_trained_models
 from fqgan.data import (
-    NUM_FACTOR_COMBINATIONS,
     ImageDataset,
-    factor_combination_index,
+    images_in_model_range,
     is_mixture,
     load_dataset,
     make_shapes,
     mixture_centers,
 )
-from fqgan.factor_classifier import (
-    ClassifierRecipe,
-    FactorClassifier,
-    default_cache_dir,
-    load_factor_classifier,
-)
-from fqgan.sampling import generate, load_checkpoint_models
+from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
+from fqgan.generation import generate
+from fqgan.metrics import image_quality, mixture_quality, real_shape_statistics, shapes_quality
 
-# --------------------------------------------------------------------------- metric maths
-
-
-def kl_from_uniform(counts: torch.Tensor) -> float:
-    """KL(p ‖ u) of the empirical distribution ``p = counts / Σ counts`` from uniform ``u`` (nats).
-
-    0 when every category is equally frequent; log K when all mass is on one
-    category. Empty categories contribute nothing (0 log 0 = 0).
-    """
-    counts = counts.double()
-    total = counts.sum()
-    if total <= 0:
-        return float("nan")
-    p = counts / total
-    k = counts.numel()
-    return float(torch.where(p > 0, p * torch.log((p * k).clamp_min(1e-300)), torch.zeros_like(p)).sum())
-
-
-def mode_coverage(factors: torch.Tensor) -> dict[str, float]:
-    """Share of the 96 factor combinations present in ``factors`` (N, 4), and KL of their frequencies."""
-    counts = torch.bincount(factor_combination_index(factors), minlength=NUM_FACTOR_COMBINATIONS)
-    return {
-        "mode_coverage": float((counts > 0).double().mean()),
-        "combination_kl": kl_from_uniform(counts),
-    }
-
-
-def mixture_quality(
-    points: torch.Tensor, centers: torch.Tensor, std: float, min_count: int = 1
-) -> dict[str, float]:
-    """Mode collapse on a 2-D mixture.
-
-    A sample is *high quality* when it lies within 3σ of its nearest component
-    mean; a mode is *covered* when at least ``min_count`` high-quality samples
-    are nearest to it (VEEGAN's definition with ``min_count = 1``).
-    """
-    distances = torch.cdist(points.double(), centers.double())
-    nearest = distances.min(dim=1)
-    high_quality = nearest.values <= 3 * std
-    counts = torch.bincount(nearest.indices[high_quality], minlength=centers.shape[0])
-    return {
-        "modes_covered": int((counts >= min_count).sum()),
-        "num_modes": int(centers.shape[0]),
-        "high_quality": float(high_quality.double().mean()),
-        "mode_kl": kl_from_uniform(counts) if int(counts.sum()) > 0 else math.log(centers.shape[0]),
-    }
-
-
-def shapes_quality(
-    fake_images: torch.Tensor,
-    classifier: FactorClassifier,
-    real_statistics: FeatureStatistics,
-    requested_shapes: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Factor-classifier Fréchet distance, mode coverage and KL for images in [-1, 1]."""
-    features, factors = classifier.predict(fake_images)
-    stats = FeatureStatistics(features.shape[1])
-    stats.update(features)
-    mu_r, sigma_r = real_statistics.to_numpy()
-    mu_f, sigma_f = stats.to_numpy()
-    result = {"factor_fd": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), **mode_coverage(factors)}
-    if requested_shapes is not None:
-        result["label_accuracy"] = float((factors[:, 0] == requested_shapes.cpu()).double().mean())
-    return result
-
-
-def real_shape_statistics(
-    classifier: FactorClassifier,
-    recipe: ClassifierRecipe,
-    num_images: int,
-    seed: int,
-    cache_dir: Path | None = None,
-) -> FeatureStatistics:
-    """Classifier-feature statistics of ``num_images`` real shapes, cached beside the classifier (.npz)."""
-    cache_dir = cache_dir or default_cache_dir()
-    path = Path(cache_dir) / f"shapes_stats-{recipe.key()}-n{num_images}-s{seed}.npz"
-    if path.is_file():
-        return FeatureStatistics.load_npz(path)
-    real = make_shapes(num_images, seed)
-    features, _ = classifier.predict(real.images.float().div(127.5).sub(1.0))
-    stats = FeatureStatistics(features.shape[1])
-    stats.update(features)
-    stats.save_npz(path)
-    return stats
-
-
-# --------------------------------------------------------------------------- CLI
+# Seeds of the real shapes behind the reference statistics and behind the fd_real floor: disjoint
+# from fqgan-train's data seed and from the factor classifier's training and held-out images.
+REFERENCE_SHAPES_SEED = 9_000_001
+FLOOR_SHAPES_SEED = 9_100_001
 
 
 @dataclass
@@ -187,56 +92,71 @@ def _default_samples(data: str, requested: int) -> int:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Generate samples from a checkpoint and measure them; writes eval.json and returns the result."""
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    ema, raw, _, record = load_checkpoint_models(cfg.checkpoint, device)
-    generator = ema if cfg.use_ema else raw
-    model_config, run_config = record["model"], record.get("run", {})
-    data = run_config.get("data", "shapes")
+    runtime = open_inference(cfg)
+    device = runtime.device
+    trained = load_trained_models(cfg.checkpoint, device)
+    generator = trained.generator_ema if cfg.use_ema else trained.generator
+    data = trained.run_config.get("data", "shapes")
     n = _default_samples(data, cfg.num_samples)
-    z = torch.randn(n, int(model_config["z_dim"]), device=device)
-    num_classes = int(model_config.get("num_classes", 0))
+    z = torch.randn(n, int(trained.model_config["z_dim"]), device=device)
+    num_classes = int(trained.model_config.get("num_classes", 0))
     labels = torch.randint(num_classes, (n,), device=device) if num_classes > 0 else None
-    samples = generate(generator, z, labels, batch_size=cfg.batch_size)
+    with runtime.precision.autocast():
+        samples = generate(generator, z, labels, batch_size=cfg.batch_size)
     result: dict[str, Any] = {
-        "checkpoint": record["checkpoint"],
-        "step": record.get("step"),
+        "checkpoint": str(trained.checkpoint),
+        "step": trained.step,
         "data": data,
         "num_samples": n,
         "generator": "ema" if cfg.use_ema else "raw",
+        "precision": runtime.precision.name,
     }
     if is_mixture(data):
         centers, std = mixture_centers(data)
         result.update(mixture_quality(samples, centers, std))
     elif data == "shapes":
-        cache = Path(cfg.classifier_cache) if cfg.classifier_cache else None
-        recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
-        classifier, classifier_record = load_factor_classifier(cache, recipe, device=device)
-        real_stats = real_shape_statistics(
-            classifier, recipe, cfg.real_images, seed=9_000_001, cache_dir=cache
-        )
         requested = labels.cpu() if labels is not None else None
-        result.update(shapes_quality(samples, classifier, real_stats, requested))
-        # The floor: a fresh real sample of the same size, measured the same way.
-        floor = make_shapes(n, seed=9_100_001)
-        floor_images = floor.images.float().div(127.5).sub(1.0)
-        result["fd_real"] = shapes_quality(floor_images, classifier, real_stats)["factor_fd"]
-        result["classifier_accuracy"] = classifier_record["held_out_accuracy"]
+        result.update(_shapes_metrics(cfg, runtime, samples, requested))
     else:
-        result.update(_inception_metrics(cfg, samples, data, run_config, device))
-    output = Path(cfg.output) if cfg.output else Path(record["checkpoint"]).parent.parent / "eval.json"
+        result.update(_inception_metrics(cfg, runtime, samples, data, trained.run_config))
+    output = Path(cfg.output) if cfg.output else trained.run_dir / "eval.json"
     write_json_atomic(output, result)
     print(json.dumps(result, indent=2))
     return result
 
 
-def _inception_metrics(
-    cfg: EvalConfig, samples: torch.Tensor, data: str, run_config: dict, device: torch.device
-) -> dict[str, float]:
-    inception = load_fid_inception(cfg.inception_weights or None, device=device)
-    fake_features, fake_logits = extract_features(
-        inception, samples.add(1).div(2).clamp(0, 1), cfg.batch_size, device
+def _shapes_metrics(
+    cfg: EvalConfig, runtime: InferenceRuntime, samples: torch.Tensor, requested: torch.Tensor | None
+) -> dict[str, Any]:
+    cache = Path(cfg.classifier_cache) if cfg.classifier_cache else None
+    recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
+    classifier, classifier_config = load_factor_classifier(cache, recipe, device=runtime.device)
+    # Cached and shared by every evaluation, the reference statistics are computed in fp32 whatever
+    # --precision is; what is measured per evaluation runs in the requested precision.
+    real_stats = real_shape_statistics(
+        classifier, recipe, cfg.real_images, seed=REFERENCE_SHAPES_SEED, cache_dir=cache
     )
+    # The floor: a fresh real sample of the same size, measured the same way as the generated one.
+    floor = images_in_model_range(make_shapes(samples.shape[0], seed=FLOOR_SHAPES_SEED).images)
+    with runtime.precision.autocast():
+        fake_features, fake_factors = classifier.predict(samples)
+        floor_features, floor_factors = classifier.predict(floor)
+    return {
+        **shapes_quality(fake_features, fake_factors, real_stats, requested),
+        "fd_real": shapes_quality(floor_features, floor_factors, real_stats)["factor_fd"],
+        "classifier_accuracy": classifier_config["held_out_accuracy"],
+    }
+
+
+def _inception_metrics(
+    cfg: EvalConfig, runtime: InferenceRuntime, samples: torch.Tensor, data: str, run_config: dict
+) -> dict[str, float]:
+    inception = load_fid_inception(cfg.inception_weights or None, device=runtime.device)
+    with runtime.precision.autocast():
+        fake_features, fake_logits = extract_features(
+            inception, samples.add(1).div(2).clamp(0, 1), cfg.batch_size, runtime.device
+        )
+    # Real features (for --fid-stats, cached, and KID) are extracted in fp32, outside autocast.
     return image_quality(
         fake_features,
         fake_logits,
@@ -245,7 +165,7 @@ def _inception_metrics(
         fid_stats=cfg.fid_stats,
         batch_size=cfg.batch_size,
         kid_subset_size=cfg.kid_subset_size,
-        device=device,
+        device=runtime.device,
     )
 
 
@@ -253,50 +173,6 @@ def _real_images(data: str, data_root: str, run_config: dict) -> ImageDataset:
     dataset = load_dataset(data, data_root=data_root, resolution=int(run_config.get("resolution", 32)))
     assert isinstance(dataset, ImageDataset)
     return dataset
-
-
-def image_quality(
-    fake_features: torch.Tensor,
-    fake_logits: torch.Tensor | None,
-    *,
-    real_source,
-    extractor: torch.nn.Module,
-    fid_stats: str = "",
-    batch_size: int = 250,
-    kid_subset_size: int = 1000,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """FID (and KID, IS when possible) of generated features against real data.
-
-    ``real_source()`` returns the real :class:`ImageDataset`; it is only called
-    when real features are needed: when ``fid_stats`` is empty or missing (then
-    the statistics are computed and, if ``fid_stats`` names a file, written
-    there), or for KID. ``extractor`` maps [0, 1] images to features.
-    """
-    result: dict[str, float] = {}
-    real_features = None
-    if fid_stats and Path(fid_stats).is_file():
-        mu_r, sigma_r = load_fid_stats(fid_stats, dim=fake_features.shape[1])
-    else:
-        real = real_source()
-        real_features, _ = extract_features(extractor, real.images, batch_size, device)
-        stats = FeatureStatistics(real_features.shape[1])
-        stats.update(real_features)
-        if fid_stats:
-            stats.save_npz(fid_stats)
-        mu_r, sigma_r = stats.to_numpy()
-    fake_stats = FeatureStatistics(fake_features.shape[1])
-    fake_stats.update(fake_features)
-    mu_f, sigma_f = fake_stats.to_numpy()
-    result["fid"] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-    if real_features is not None:
-        subset = min(kid_subset_size, real_features.shape[0], fake_features.shape[0])
-        kid_mean, kid_std = kernel_inception_distance(real_features, fake_features, subset_size=subset)
-        result.update({"kid": kid_mean, "kid_std": kid_std})
-    if fake_logits is not None:
-        is_mean, is_std = inception_score(fake_logits.softmax(dim=-1), splits=10)
-        result.update({"inception_score": is_mean, "inception_score_std": is_std})
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,12 @@ are known, so a CNN trained once to predict them gives, without any download:
   frequencies from the true (uniform) ones.
 
 The classifier is trained on images drawn with a seed disjoint from the
-training data's default, and cached (``factor_classifier-<key>.safetensors``
-plus a JSON record with its held-out accuracy) under ``--classifier-cache``
-(default ``$FQGAN_CACHE`` or ``~/.cache/fqgan``); the cache key covers every
-setting that changes the network, so a stale file is never reused.
+training data's default, and cached under ``--classifier-cache`` (default
+``$FQGAN_CACHE`` or ``~/.cache/fqgan``) as a dgm-core model folder
+``factor_classifier-<key>/`` (``model.safetensors`` and a ``config.json`` holding
+its recipe, held-out accuracy and version). The key covers every setting that
+changes the network, and the recipe in ``config.json`` is checked on loading, so a
+classifier of another recipe is never reused; an unreadable one is retrained.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dgm_core.errors import UserError
-from fqgan.data import FACTOR_NAMES, FACTOR_SIZES, make_shapes
+from dgm_core.pretrained import PretrainedError, load_pretrained, save_pretrained
+from fqgan.data import FACTOR_NAMES, FACTOR_SIZES, images_in_model_range, make_shapes
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +101,10 @@ class FactorClassifier(nn.Module):
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start : start + batch_size].to(device).float()
             f, logits = self(chunk)
-            features.append(f.cpu())
+            features.append(f.float().cpu())  # float32 even when run under autocast
             factors.append(torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu())
         self.train(was_training)
         return torch.cat(features), torch.cat(factors)
-
-
-def _to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.float().div(127.5).sub(1.0)
 
 
 def train_factor_classifier(
@@ -121,14 +120,14 @@ def train_factor_classifier(
     assert data.factors is not None and held_out.factors is not None
     for _ in range(recipe.steps):
         index = torch.randint(len(data), (recipe.batch_size,), generator=generator)
-        images = _to_model_range(data.images[index]).to(device)
+        images = images_in_model_range(data.images[index]).to(device)
         _, logits = model(images)
         targets = data.factors[index].to(device)
         loss = sum(F.cross_entropy(lg, targets[:, i]) for i, lg in enumerate(logits))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    _, predicted = model.predict(_to_model_range(held_out.images))
+    _, predicted = model.predict(images_in_model_range(held_out.images))
     accuracy = {
         name: float((predicted[:, i] == held_out.factors[:, i]).float().mean())
         for i, name in enumerate(FACTOR_NAMES)
@@ -136,36 +135,39 @@ def train_factor_classifier(
     return model.eval(), accuracy
 
 
+def classifier_folder(cache_dir: Path, recipe: ClassifierRecipe) -> Path:
+    """Where the classifier of ``recipe`` is cached: a dgm-core model folder named by its key."""
+    return cache_dir / f"factor_classifier-{recipe.key()}"
+
+
 def load_factor_classifier(
     cache_dir: str | Path | None = None,
     recipe: ClassifierRecipe | None = None,
     device: torch.device | str = "cpu",
-) -> tuple[FactorClassifier, dict]:
-    """The cached classifier for ``recipe``, training and caching it first when absent.
+) -> tuple[FactorClassifier, dict[str, Any]]:
+    """The cached classifier for ``recipe``, training and caching it first when absent or unreadable.
 
-    Returns the model (eval mode, frozen) and its record (recipe, held-out accuracy).
+    Returns the model (eval mode, frozen) and its config (recipe, held-out accuracy, version).
     """
     recipe = recipe or ClassifierRecipe()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    weights = cache_dir / f"factor_classifier-{recipe.key()}.safetensors"
-    record_path = weights.with_suffix(".json")
-    model = FactorClassifier()
-    if weights.is_file() and record_path.is_file():
+    folder = classifier_folder(cache_dir, recipe)
+    expected = {"recipe": asdict(recipe), "version": _VERSION}
+    if folder.exists():
         try:
-            model.load_state_dict(load_file(str(weights)))
-            record = json.loads(record_path.read_text())
-            return model.to(device).eval().requires_grad_(False), record
-        except (OSError, ValueError, RuntimeError) as error:
-            log.warning("cached factor classifier %s is unreadable (%s); retraining it", weights, error)
+            model, config = load_pretrained(folder, FactorClassifier(), device=device)
+        except PretrainedError as error:
+            log.warning("cached factor classifier %s is unreadable (%s); retraining it", folder, error)
+        else:
+            if all(config.get(key) == value for key, value in expected.items()):
+                return model.eval().requires_grad_(False), config
+            # The key is a hash of the recipe: a folder holding another recipe was copied or edited.
+            log.warning("cached factor classifier %s was trained with another recipe; retraining it", folder)
     log.info("training the factor classifier once (cached in %s)", cache_dir)
     model, accuracy = train_factor_classifier(recipe, device)
-    record = {"recipe": asdict(recipe), "held_out_accuracy": accuracy, "version": _VERSION}
+    config = {**expected, "held_out_accuracy": accuracy}
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, weights)
-        record_path.write_text(json.dumps(record, indent=2) + "\n")
+        save_pretrained(folder, model, config)
     except OSError as error:
         raise UserError(f"cannot write the factor-classifier cache in {cache_dir}: {error}") from None
-    return model.to(device).eval().requires_grad_(False), record
+    return model.to(device).eval().requires_grad_(False), config

@@ -22,9 +22,9 @@ import torch
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.device import resolve_device
-from dgm_core.training import RuntimeConfig
-from fqgan.sampling import generate, load_checkpoint_models, render_points
+from dgm_core.inference import RuntimeConfig, open_inference
+from fqgan.checkpoints import load_trained_models
+from fqgan.generation import generate, render_points, truncated_noise
 
 
 @dataclass
@@ -43,29 +43,8 @@ class SampleConfig(RuntimeConfig):
     batch_size: int = option(256, help="Samples per generator call.")
 
 
-def truncated_noise(
-    n: int, dim: int, threshold: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Standard normal noise; with ``threshold > 0`` every entry above it in magnitude is redrawn."""
-    z = torch.randn(n, dim, generator=generator)
-    if threshold > 0:
-        outside = z.abs() > threshold
-        while outside.any():
-            z[outside] = torch.randn(int(outside.sum()), generator=generator)
-            outside = z.abs() > threshold
-    return z
-
-
-def sample(cfg: SampleConfig) -> Path:
-    """Write ``<output>.png`` and ``<output>.npz``; return the ``.npz`` path."""
-    if cfg.num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {cfg.num_samples}")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    ema, raw, _, record = load_checkpoint_models(cfg.checkpoint, device)
-    generator = ema if cfg.use_ema else raw
-    model_config = record["model"]
-    num_classes = int(model_config.get("num_classes", 0))
+def requested_labels(cfg: SampleConfig, num_classes: int) -> torch.Tensor | None:
+    """The class of every sample to draw (``None`` for an unconditional generator)."""
     if cfg.class_id >= 0:
         if num_classes == 0:
             raise UserError("--class-id needs a class-conditional checkpoint; this one is unconditional")
@@ -73,29 +52,42 @@ def sample(cfg: SampleConfig) -> Path:
             raise UserError(
                 f"--class-id {cfg.class_id} does not exist: the checkpoint has classes 0..{num_classes - 1}"
             )
-        labels = torch.full((cfg.num_samples,), cfg.class_id, dtype=torch.long)
-    elif num_classes > 0 and cfg.per_class:
-        labels = torch.arange(num_classes).repeat_interleave(cfg.num_samples)
-    elif num_classes > 0:
-        labels = torch.randint(num_classes, (cfg.num_samples,))
-    else:
-        labels = None
+        return torch.full((cfg.num_samples,), cfg.class_id, dtype=torch.long)
+    if num_classes > 0 and cfg.per_class:
+        return torch.arange(num_classes).repeat_interleave(cfg.num_samples)
+    if num_classes > 0:
+        return torch.randint(num_classes, (cfg.num_samples,))
+    return None
+
+
+def sample(cfg: SampleConfig) -> Path:
+    """Write ``<output>.png`` and ``<output>.npz``; return the ``.npz`` path."""
+    if cfg.num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {cfg.num_samples}")
+    runtime = open_inference(cfg)
+    trained = load_trained_models(cfg.checkpoint, runtime.device)
+    generator = trained.generator_ema if cfg.use_ema else trained.generator
+    num_classes = int(trained.model_config.get("num_classes", 0))
+    labels = requested_labels(cfg, num_classes)
     n = labels.shape[0] if labels is not None else cfg.num_samples
-    z = truncated_noise(n, int(model_config["z_dim"]), cfg.truncation)
-    samples = generate(
-        generator, z.to(device), labels.to(device) if labels is not None else None, cfg.batch_size
-    )
-    checkpoint = Path(record["checkpoint"])
-    folder = Path(cfg.out) if cfg.out else checkpoint.parent.parent / "samples"
+    z = truncated_noise(n, int(trained.model_config["z_dim"]), cfg.truncation)
+    with runtime.precision.autocast():
+        samples = generate(
+            generator,
+            z.to(runtime.device),
+            labels.to(runtime.device) if labels is not None else None,
+            cfg.batch_size,
+        )
+    folder = Path(cfg.out) if cfg.out else trained.run_dir / "samples"
     suffix = f"_class{cfg.class_id}" if cfg.class_id >= 0 else ""
-    base = folder / f"sample_step_{int(record.get('step') or 0):06d}{suffix}"
+    base = folder / f"sample_step_{trained.step:06d}{suffix}"
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {folder} exists and is not a folder")
     folder.mkdir(parents=True, exist_ok=True)
     from torchvision.utils import save_image
 
     label_array = labels.numpy() if labels is not None else np.full(n, -1, dtype=np.int64)
-    if int(model_config.get("resolution", 0)) == 0:
+    if int(trained.model_config.get("resolution", 0)) == 0:
         np.savez(base.with_suffix(".npz"), points=samples.numpy(), labels=label_array)
         save_image(render_points(samples), base.with_suffix(".png"))
     else:

@@ -27,13 +27,13 @@ from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.quantization import QuantizationInputError
-from dgm_core.training import TrainingConfig, TrainingDiverged, TrainingRun
+from dgm_core.training import TrainingConfig, TrainingRun
 from fqgan.data import ImageDataset, MixtureDataset, load_dataset
 from fqgan.diffaug import diff_augment, parse_policy
 from fqgan.fq import FQ_MODES, QuantizedDiscriminator, fq_statistics
+from fqgan.generation import fixed_noise, save_sample_grid
 from fqgan.losses import LOSSES, discriminator_loss, generator_loss
 from fqgan.models import ARCHITECTURES, build_models
-from fqgan.sampling import fixed_noise, save_sample_grid
 
 
 @dataclass
@@ -375,13 +375,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             except QuantizationInputError as error:
                 # The quantizer refuses NaN/inf features before touching its dictionary: report it
                 # like a non-finite loss; checkpoints on disk all predate this step.
-                latest = run.checkpoints.latest()
-                where = (
-                    f"; the last good checkpoint is {latest}" if latest else "; no checkpoint was written yet"
-                )
-                raise TrainingDiverged(
-                    f"discriminator features became non-finite at step {step}{where}"
-                ) from error
+                raise run.diverged(f"discriminator features became non-finite at step {step}") from error
             ema.update(generator, step)
             images_seen += cfg.batch_size * (cfg.d_steps + 1) * run.dist.world_size
             if run.should_log(step):
