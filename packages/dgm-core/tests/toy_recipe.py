@@ -8,6 +8,7 @@ packages use. Run as ``python -m toy_recipe`` (tests put this folder on PYTHONPA
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,7 @@ class ToyConfig(TrainingConfig):
     batch_size: int = option(8, help="Batch size per rank.")
     lr: float = option(1e-2, help="Adam learning rate.")
     nan_at_step: int = option(0, help="Make the loss NaN at this step (tests the divergence stop).")
+    step_delay: float = option(0.0, help="Sleep this many seconds per step (tests stopping a live run).")
 
 
 PRESETS = {"tiny": {"hidden": 4, "steps": 3}}
@@ -51,6 +53,8 @@ def train(cfg: ToyConfig) -> None:
             x, y = inputs[indices].to(run.device), targets[indices].to(run.device)
             with run.precision.autocast():
                 loss = torch.nn.functional.mse_loss(ddp_model(x).float(), y)
+            if cfg.step_delay:
+                time.sleep(cfg.step_delay)
             if step == cfg.nan_at_step:
                 loss = loss * float("nan")
             run.check_finite(step, {"loss": loss})

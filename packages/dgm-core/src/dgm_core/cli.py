@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -47,16 +48,29 @@ def option(
     choices: Sequence[Any] | None = None,
     default_factory: Callable[[], Any] | None = None,
     metavar: str | None = None,
+    hidden: bool = False,
 ) -> Any:
-    """A dataclass field that is also a documented command-line option."""
-    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "metavar": metavar}
+    """A dataclass field that is also a documented command-line option (``hidden``: left out of --help)."""
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "metavar": metavar,
+        "hidden": hidden,
+    }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and calling sys.exit."""
+    """argparse that raises UserError instead of printing usage and calling sys.exit.
+
+    Abbreviations are off: with them ``--max 3`` would silently mean ``--max-restarts 3``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         raise UserError(message)
@@ -197,7 +211,13 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 LAUNCH_FLAGS = (
-    ("nproc_per_node", int, None, "Processes per node; >1 relaunches this command under torchrun (DDP)."),
+    (
+        "nproc_per_node",
+        str,
+        None,
+        "Processes per node: N, or auto/gpu/cpu as torchrun reads them; more than one relaunches this "
+        "command under torchrun (DDP).",
+    ),
     ("nnodes", str, None, "Number of nodes, or MIN:MAX for elastic runs (torchrun --nnodes)."),
     ("node_rank", int, None, "This node's rank in a multi-node run (torchrun --node-rank)."),
     ("master_addr", str, None, "Address of the rank-0 node (torchrun --master-addr)."),
@@ -251,6 +271,8 @@ def build_parser(
         help_text = field.metadata.get("help", "")
         if default is not None and default != "":
             help_text += f" (default: {default})"
+        if field.metadata.get("hidden"):
+            help_text = argparse.SUPPRESS
         kwargs: dict[str, Any] = {"help": help_text, "dest": name}
         choices = field.metadata.get("choices")
         if typing.get_origin(inner) is Literal:
@@ -303,6 +325,46 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
+def _many_processes(nproc_per_node: str | None) -> bool:
+    """Whether ``--nproc-per-node`` asks for a launch: N > 1, or auto/gpu/cpu (torchrun counts them)."""
+    if nproc_per_node is None:
+        return False
+    if nproc_per_node.isdigit():
+        if int(nproc_per_node) < 1:
+            raise UserError(f"--nproc-per-node must be at least 1, got {nproc_per_node}")
+        return int(nproc_per_node) > 1
+    if nproc_per_node in ("auto", "gpu", "cpu"):
+        return True
+    raise UserError(f"--nproc-per-node expects a number, auto, gpu or cpu, got {nproc_per_node!r}")
+
+
+def run_forwarding_signals(command: Sequence[str]) -> int:
+    """Run the launcher as a child and pass SIGTERM/SIGINT on to it; return its exit status.
+
+    A scheduler stopping the job reaches torchrun, which stops its workers (they checkpoint on
+    SIGTERM), so nothing is orphaned. torchrun itself reports a stop by signal as a failure
+    (status 1); after a forwarded signal the status is 128 + the signal number instead, as for
+    a process the signal ended (143 for SIGTERM, the workers' own status on preemption).
+    """
+    child = subprocess.Popen(list(command))
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received and status != 0:
+        return 128 + received[0]
+    return status
+
+
 def torchrun_command(launch: argparse.Namespace, module: str, argv: Sequence[str]) -> list[str]:
     """The ``python -m torch.distributed.run ... -m module argv`` command for the launch flags given."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
@@ -348,13 +410,13 @@ def run(
         namespace = vars(parser.parse_args(rest))
         cfg = _resolve(cls, namespace, presets)
         wants_launch = launch is not None and (
-            (launch.nproc_per_node or 1) > 1
+            _many_processes(launch.nproc_per_node)
             or launch.nnodes not in (None, "1")
             or launch.max_restarts is not None
         )
         if wants_launch and not under_torchrun():
             command = torchrun_command(launch, module, rest)  # type: ignore[arg-type]
-            return subprocess.call(command)
+            return run_forwarding_signals(command)
         result = fn(cfg)
         return result if isinstance(result, int) else 0
     except UserError as error:

@@ -117,7 +117,7 @@ def load_pretrained(
     if not weights.is_file():
         raise PretrainedError(f"{folder} is not a complete saved model: {WEIGHTS_FILE} missing")
     try:
-        missing, unexpected = load_model(module, str(weights), strict=False, device=str(device))
+        missing, unexpected = load_model(module, str(weights), strict=False)
     except (SafetensorError, OSError) as error:
         raise PretrainedError(f"{weights} is corrupt or unreadable: {error}") from None
     except (RuntimeError, ValueError) as error:

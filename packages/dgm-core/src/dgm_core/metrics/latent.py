@@ -39,10 +39,32 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def _log_gaussian_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z_i; mu_j, diag(exp(logvar_j))) for every pair: (Z, D) × (X, D) → (Z, X)."""
-    deviation = z.unsqueeze(1) - mu.unsqueeze(0)
-    mahalanobis = (deviation.pow(2) / logvar.exp().unsqueeze(0)).sum(dim=-1)
+    """log N(z_i; mu_j, diag(exp(logvar_j))) for every pair: (Z, D) × (X, D) → (Z, X).
+
+    The Mahalanobis term Σ_d (z_id - mu_jd)² / σ²_jd is expanded into
+    Σ_d z_id²/σ²_jd - 2 Σ_d z_id mu_jd/σ²_jd + Σ_d mu_jd²/σ²_jd: two matrix products, so the
+    memory is O(Z · X) instead of the O(Z · X · D) of broadcasting the differences.
+    """
+    precision = (-logvar).exp()
+    mahalanobis = (
+        z.pow(2) @ precision.T - 2.0 * (z @ (mu * precision).T) + (mu.pow(2) * precision).sum(dim=-1)
+    ).clamp_min(0.0)
     return -0.5 * (mahalanobis + logvar.sum(dim=-1).unsqueeze(0) + mu.shape[-1] * math.log(2 * math.pi))
+
+
+def _log_aggregate_density(
+    z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, block: int
+) -> torch.Tensor:
+    """logsumexp_m log q(z_n | x_m) for every sample, in (block × block) tiles: O(block²) memory."""
+    out = []
+    for start in range(0, z.shape[0], block):
+        rows = z[start : start + block]
+        running = torch.full((rows.shape[0],), -math.inf, dtype=z.dtype, device=z.device)
+        for col in range(0, mu.shape[0], block):
+            tile = _log_gaussian_density(rows, mu[col : col + block], logvar[col : col + block])
+            running = torch.logaddexp(running, torch.logsumexp(tile, dim=1))
+        out.append(running)
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -65,9 +87,12 @@ def mutual_information(
 
     This is Optimus' ``calc_mi`` (the "v3" variant that pools the posteriors of the whole
     evaluation set). Pass the (N, D) posterior parameters of the *whole* evaluation set to
-    reproduce it; passing one batch gives the older per-batch estimate. The estimate is at most
-    log N. ``z`` (N, D) supplies the samples; otherwise one is drawn per example with ``generator``.
-    Computed in float64, in blocks of ``block_size`` samples so memory is O(block_size · N · D).
+    reproduce it; passing one batch gives the older per-batch estimate. I(x; z) is at most
+    log N (the one-sample estimate may overshoot it by its Monte Carlo error).
+    ``z`` (N, D) supplies the samples; otherwise one is drawn per example with ``generator``.
+    Computed in float64 in ``block_size`` × ``block_size`` tiles of (sample, posterior) pairs, so
+    the extra memory is about 3 · 8 · block_size² bytes (≈ 25 MB at the default) whatever N and D:
+    N = 10 000, D = 768 no longer needs the ~59 GB of broadcasting every difference.
     """
     _check_posterior(mu, logvar)
     if mu.ndim != 2 or mu.shape[0] < 1:
@@ -83,12 +108,9 @@ def mutual_information(
     z = z.detach().double()
     n, dim = mu64.shape
     negative_entropy = (-0.5 * dim * math.log(2 * math.pi) - 0.5 * (1.0 + logvar64).sum(dim=-1)).mean()
-    log_aggregate = torch.cat(
-        [
-            torch.logsumexp(_log_gaussian_density(z[start : start + block_size], mu64, logvar64), dim=1)
-            for start in range(0, n, block_size)
-        ]
-    ) - math.log(n)
+    if block_size < 1:
+        raise UserError(f"block_size must be at least 1, got {block_size}")
+    log_aggregate = _log_aggregate_density(z, mu64, logvar64, block_size) - math.log(n)
     return float(negative_entropy - log_aggregate.mean())
 
 

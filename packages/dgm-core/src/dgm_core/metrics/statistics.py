@@ -19,6 +19,7 @@ import torch
 
 from dgm_core.errors import UserError
 from dgm_core.runtime.distributed import all_reduce_sum
+from dgm_core.runtime.files import make_readable
 
 
 class FeatureStatistics:
@@ -141,6 +142,7 @@ class FeatureStatistics:
         try:
             with os.fdopen(handle, "wb") as file:
                 np.savez(file, mu=mu, sigma=sigma, num_samples=np.int64(self._count))
+            make_readable(tmp_name)  # mkstemp's 0600 would hide a shared statistics cache
             os.replace(tmp_name, path)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)

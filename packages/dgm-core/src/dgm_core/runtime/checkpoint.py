@@ -30,7 +30,7 @@ from safetensors.torch import load_model, save_model
 
 from dgm_core.errors import UserError
 from dgm_core.runtime.distributed import unwrap_model
-from dgm_core.runtime.files import atomic_directory, write_json_atomic
+from dgm_core.runtime.files import TMP_PREFIX, atomic_directory, write_json_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -123,6 +123,35 @@ class CheckpointManager:
                     torch.save(dict(training_state), handle)
         self._prune()
         return final
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete hidden folders left by saves that a crash interrupted; return what was removed."""
+        if not self.directory.is_dir():
+            return []
+        stale = [
+            child
+            for child in self.directory.iterdir()
+            if child.is_dir() and child.name.startswith((TMP_PREFIX, ".old-"))
+        ]
+        for child in stale:
+            shutil.rmtree(child, ignore_errors=True)
+        return stale
+
+    def set_aside_after(self, step: int) -> list[Path]:
+        """Move checkpoints newer than ``step`` into ``superseded-<n>/`` (kept, never deleted)."""
+        newer = [path for path in self.list() if int(_STEP_DIR.match(path.name).group(1)) > step]
+        if not newer:
+            return []
+        number = 1
+        while (self.directory / f"superseded-{number}").exists():
+            number += 1
+        target = self.directory / f"superseded-{number}"
+        target.mkdir()
+        moved = []
+        for path in newer:
+            os.replace(path, target / path.name)
+            moved.append(target / path.name)
+        return moved
 
     def _prune(self) -> None:
         for old in self.list()[: -self.keep_last]:

@@ -102,8 +102,27 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+class ProcessGroupMissing(RuntimeError):
+    """A collective or barrier was called in a multi-process launch before the process group exists."""
+
+
 def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """True when collectives must run; an error when they should but cannot yet.
+
+    Under torchrun (``WORLD_SIZE > 1``) a barrier or collective called before the process group
+    is set up would silently do nothing: ranks would race to write the same files, or read one
+    before it exists. That is a programming error, reported as such.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1:
+        raise ProcessGroupMissing(
+            f"a rank helper was called in a {world_size}-process launch before the process group "
+            "exists; do one-time preparation inside the TrainingRun (run.main_process_first()) "
+            "or call init_distributed() first"
+        )
+    return False
 
 
 def is_main_process() -> bool:

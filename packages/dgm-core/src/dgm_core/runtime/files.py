@@ -37,10 +37,18 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root):
+def _finish_tree(root: Path) -> None:
+    """Give every file and folder the usual permissions and flush it to disk.
+
+    Some writers (safetensors, ``mkstemp``) create private 0600 files; a checkpoint or a cached
+    model shared with colleagues must be readable like anything else the user writes.
+    """
+    for folder, subfolders, files in os.walk(root):
         for name in files:
+            _apply_umask(Path(folder) / name, folder=False)
             fsync_path(Path(folder) / name)
+        for name in subfolders:
+            _apply_umask(Path(folder) / name, folder=True)
         fsync_path(folder)
 
 
@@ -49,6 +57,11 @@ def _apply_umask(path: Path, folder: bool) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if folder else 0o666) & ~umask)
+
+
+def make_readable(path: str | os.PathLike) -> None:
+    """Give a file written through ``mkstemp`` (mode 0600) the permissions the umask allows."""
+    _apply_umask(Path(path), folder=False)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
@@ -84,7 +97,7 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     try:
         _apply_umask(tmp, folder=True)
         yield tmp
-        _fsync_tree(tmp)
+        _finish_tree(tmp)
         if final.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".old-{final.name}-", dir=final.parent))
             os.replace(final, trash / final.name)

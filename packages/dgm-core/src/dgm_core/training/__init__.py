@@ -7,6 +7,6 @@ checkpoint cadence); ``resume.py`` chooses and checks the checkpoint to continue
 
 from dgm_core.inference import RuntimeConfig
 from dgm_core.training.config import TrainingConfig
-from dgm_core.training.run import TrainingDiverged, TrainingRun
+from dgm_core.training.run import RunPreempted, TrainingDiverged, TrainingRun
 
-__all__ = ["RuntimeConfig", "TrainingConfig", "TrainingDiverged", "TrainingRun"]
+__all__ = ["RunPreempted", "RuntimeConfig", "TrainingConfig", "TrainingDiverged", "TrainingRun"]

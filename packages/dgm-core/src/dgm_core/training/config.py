@@ -29,5 +29,7 @@ class TrainingConfig(RuntimeConfig):
         True, help="Show a progress bar on a terminal (elsewhere, e.g. a SLURM log: periodic log lines)."
     )
     fault_at_step: int = option(
-        0, help="Testing only: the last rank crashes at this step on the first attempt (0: never)."
+        0,
+        help="Testing only: the last rank crashes at this step on the first attempt (0: never).",
+        hidden=True,
     )

@@ -30,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ from dgm_core.runtime.device import capture_rng_state, restore_rng_state, seed_e
 from dgm_core.runtime.distributed import (
     all_gather_object,
     all_reduce_mean,
+    all_reduce_sum,
     init_distributed,
     main_process_first,
     shutdown_distributed,
@@ -67,6 +70,19 @@ class TrainingDiverged(UserError):
 def _normalise(data: Any) -> Any:
     """JSON round trip, so configs compare equal whether fresh or read back from disk."""
     return json.loads(json.dumps(data, default=str))
+
+
+class RunPreempted(SystemExit):
+    """SIGTERM arrived: a checkpoint of the current step was written; the process exits with 143.
+
+    143 (128 + SIGTERM) tells a wrapper script that the run stopped early; started again with
+    ``--resume auto`` it continues from that checkpoint exactly.
+    """
+
+    EXIT_CODE = 143
+
+    def __init__(self) -> None:
+        super().__init__(self.EXIT_CODE)
 
 
 class TrainingRun:
@@ -95,6 +111,9 @@ class TrainingRun:
         self.logger = RunLogger(
             self.run_dir, name=name, is_main=self.dist.is_main, tensorboard=cfg.tensorboard
         )
+        if self.dist.is_main:
+            for stale in self.checkpoints.remove_stale_temporaries():
+                self.logger.warning("removed %s, left by a save that was interrupted", stale)
         self.samples_dir = self.run_dir / "samples"
         if self.dist.is_main:
             self.samples_dir.mkdir(exist_ok=True)
@@ -102,6 +121,8 @@ class TrainingRun:
         self.models: dict[str, torch.nn.Module] = {}
         self.stateful: dict[str, Any] = {}
         self._finished = False
+        self._stop_signal: int | None = None
+        self._previous_sigterm = self._catch_sigterm()
 
     # ------------------------------------------------------------------ setup
     def _check_run_dir(self) -> None:
@@ -157,6 +178,9 @@ class TrainingRun:
     def resume(self) -> int:
         """Restore tracked state from the checkpoint chosen by ``--resume``; return its step (0: none)."""
         if self.resume_from is None:
+            # A fresh start (or a restart that crashed before its first checkpoint): the steps
+            # in metrics.jsonl, if any, will be trained and logged again.
+            self.logger.truncate_after(0)
             return 0
         checkpoint = self.resume_from
         CheckpointManager.load_weights(checkpoint, self.models)
@@ -180,6 +204,18 @@ class TrainingRun:
             )
             seed_everything(self.cfg.seed + step * 7919, rank=self.dist.rank)
         self.logger.truncate_after(step)
+        if self.dist.is_main:
+            # Checkpoints newer than the one resumed from belong to the abandoned continuation;
+            # left in place, pruning or a later --resume auto would pick them.
+            moved = self.checkpoints.set_aside_after(step)
+            if moved:
+                self.logger.warning(
+                    "resumed from step %d: %d newer checkpoint(s) moved to %s",
+                    step,
+                    len(moved),
+                    moved[0].parent,
+                )
+        wait_for_everyone()
         self.logger.info("resumed from %s at step %d", checkpoint, step)
         return step
 
@@ -212,11 +248,40 @@ class TrainingRun:
                 )
                 yield step
                 bar.update(1)
+                stop = self._stop_requested()
                 due = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
-                if due or step == cfg.steps:
+                if due or step == cfg.steps or stop:
                     self.save_checkpoint(step)
+                if stop:
+                    self.logger.warning(
+                        "SIGTERM: stopped after step %d with a checkpoint; --resume auto continues it", step
+                    )
+                    raise RunPreempted()
         finally:
             bar.close()
+
+    # ------------------------------------------------------------------ preemption
+    def _catch_sigterm(self) -> Any:
+        """Turn SIGTERM (a scheduler's stop, torchrun's forward of it) into a checkpoint-and-exit."""
+        if threading.current_thread() is not threading.main_thread():
+            return None  # signal handlers can only be set from the main thread
+
+        def request_stop(signum: int, _frame: Any) -> None:
+            self._stop_signal = signum
+
+        return signal.signal(signal.SIGTERM, request_stop)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (all ranks agree, so they checkpoint together)."""
+        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.device)
+        if self.dist.is_distributed:
+            flag = all_reduce_sum(flag)
+        return bool(flag.item() > 0)
 
     def sampler(
         self,
@@ -278,6 +343,7 @@ class TrainingRun:
         if self._finished:
             return
         self._finished = True
+        self._restore_sigterm()
         wait_for_everyone()
         self.logger.close()
         if self._owns_process_group:
@@ -292,4 +358,5 @@ class TrainingRun:
         else:
             # Do not wait at a barrier for ranks that may be gone; just close the files.
             self._finished = True
+            self._restore_sigterm()
             self.logger.close()
