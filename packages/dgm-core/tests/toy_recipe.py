@@ -50,15 +50,17 @@ def train(cfg: ToyConfig) -> None:
         ddp_model = run.wrap(model)
         sampler = run.sampler(cfg.dataset_size, cfg.batch_size, start_step=start)
         for step, indices in zip(run.steps(start), sampler):
-            x, y = inputs[indices].to(run.device), targets[indices].to(run.device)
-            with run.precision.autocast():
-                loss = torch.nn.functional.mse_loss(ddp_model(x).float(), y)
             if cfg.step_delay:
                 time.sleep(cfg.step_delay)
-            if step == cfg.nan_at_step:
-                loss = loss * float("nan")
-            run.check_finite(step, {"loss": loss})
-            run.precision.backward(loss)
+            for chunk, sync in run.micro_batches(ddp_model, indices):
+                x, y = inputs[chunk].to(run.device), targets[chunk].to(run.device)
+                with sync:
+                    with run.precision.autocast():
+                        loss = torch.nn.functional.mse_loss(ddp_model(x).float(), y)
+                    if step == cfg.nan_at_step:
+                        loss = loss * float("nan")
+                    run.check_finite(step, {"loss": loss})
+                    run.precision.backward(loss / cfg.grad_accum)
             run.precision.step(optimizer, max_grad_norm=1.0)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()

@@ -16,6 +16,11 @@ class TrainingConfig(RuntimeConfig):
         "runs/default", help="Directory for config, logs, metrics, samples and checkpoints."
     )
     steps: int = option(1000, help="Number of optimizer steps to train for (in total, across resumes).")
+    grad_accum: int = option(
+        1,
+        help="Micro-batches per optimizer step: each step sees grad_accum x batch size examples per "
+        "rank, with DDP gradients synchronised on the last micro-batch only.",
+    )
     log_every: int = option(10, help="Log metrics every N steps.")
     checkpoint_every: int = option(500, help="Save a checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = option(3, help="Keep only the newest N checkpoints.")

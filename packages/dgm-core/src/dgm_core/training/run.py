@@ -27,6 +27,7 @@ prove that torchrun restarts recover.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -101,6 +102,8 @@ class TrainingRun:
         self.precision = Precision(cfg.precision, self.device)
         if cfg.steps < 1:
             raise UserError(f"steps must be at least 1, got {cfg.steps}")
+        if cfg.grad_accum < 1:
+            raise UserError(f"grad_accum must be at least 1, got {cfg.grad_accum}")
         self.run_dir = Path(cfg.run_dir)
         self._check_run_dir()
         self.checkpoints = CheckpointManager(self.run_dir / "checkpoints", cfg.keep_checkpoints)
@@ -292,10 +295,15 @@ class TrainingRun:
         lengths: Sequence[int] | None = None,
         **kwargs,
     ) -> ShardedBatchSampler:
-        """A :class:`ShardedBatchSampler` for this rank, seeded by the run's seed."""
+        """A :class:`ShardedBatchSampler` for this rank, seeded by the run's seed.
+
+        ``batch_size`` is the micro-batch per rank; each step's indices hold ``grad_accum`` of
+        them (split them with :meth:`micro_batches`), so one optimizer step sees
+        ``batch_size × grad_accum × world_size`` examples whatever the accumulation.
+        """
         return ShardedBatchSampler(
             num_items,
-            batch_size,
+            batch_size * self.cfg.grad_accum,
             seed=self.cfg.seed,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
@@ -303,6 +311,30 @@ class TrainingRun:
             lengths=lengths,
             **kwargs,
         )
+
+    def micro_batches(
+        self, model: torch.nn.Module, indices: Sequence[int]
+    ) -> Iterator[tuple[list[int], contextlib.AbstractContextManager]]:
+        """Split a step's indices into ``grad_accum`` micro-batches, each with the context to run
+        its forward and backward in: DDP's ``no_sync()`` for all but the last, so gradients are
+        all-reduced once per optimizer step. Scale each micro-batch's loss by ``1 / grad_accum``
+        for the gradient of the whole step's (mean) loss::
+
+            for chunk, sync in run.micro_batches(ddp_model, indices):
+                with sync, run.precision.autocast():
+                    loss = ddp_model(batch(chunk)) / cfg.grad_accum
+                run.precision.backward(loss)
+        """
+        count = self.cfg.grad_accum
+        indices = list(indices)
+        if len(indices) % count:
+            raise ValueError(f"{len(indices)} indices do not split into {count} equal micro-batches")
+        size = len(indices) // count
+        for micro in range(count):
+            last = micro == count - 1
+            no_sync = getattr(model, "no_sync", None)
+            context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+            yield indices[micro * size : (micro + 1) * size], context
 
     def should_log(self, step: int) -> bool:
         return step % max(1, self.cfg.log_every) == 0 or step == self.cfg.steps
