@@ -21,6 +21,11 @@ class TrainingConfig(RuntimeConfig):
         help="Micro-batches per optimizer step: each step sees grad_accum x batch size examples per "
         "rank, with DDP gradients synchronised on the last micro-batch only.",
     )
+    num_workers: int = option(
+        -1,
+        help="Data-loading worker processes per rank for recipes that stream their data "
+        "(-1: one per spare core, at most 8; 0: load in the training process).",
+    )
     log_every: int = option(10, help="Log metrics every N steps.")
     checkpoint_every: int = option(500, help="Save a checkpoint every N steps (0: only at the end).")
     keep_checkpoints: int = option(3, help="Keep only the newest N checkpoints.")

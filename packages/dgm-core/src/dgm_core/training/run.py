@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import tempfile
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 
 from dgm_core.errors import UserError
+from dgm_core.loader import default_num_workers, step_loader
 from dgm_core.runtime.checkpoint import CheckpointError, CheckpointManager
 from dgm_core.runtime.device import capture_rng_state, restore_rng_state, seed_everything
 from dgm_core.runtime.distributed import (
@@ -71,6 +73,23 @@ class TrainingDiverged(UserError):
 def _normalise(data: Any) -> Any:
     """JSON round trip, so configs compare equal whether fresh or read back from disk."""
     return json.loads(json.dumps(data, default=str))
+
+
+def _split_batch(batch: Any, count: int) -> list[Any]:
+    """``count`` equal slices of a batch along its first dimension (nested tuples/dicts kept)."""
+    if isinstance(batch, dict):
+        parts = {key: _split_batch(value, count) for key, value in batch.items()}
+        return [{key: parts[key][i] for key in batch} for i in range(count)]
+    if isinstance(batch, tuple) and not hasattr(batch, "_fields"):
+        parts = [_split_batch(value, count) for value in batch]
+        return [tuple(part[i] for part in parts) for i in range(count)]
+    size = len(batch)
+    if size % count:
+        raise ValueError(f"a batch of {size} does not split into {count} equal micro-batches")
+    step = size // count
+    if torch.is_tensor(batch):
+        return list(batch.split(step))
+    return [list(batch[i * step : (i + 1) * step]) for i in range(count)]
 
 
 class RunPreempted(SystemExit):
@@ -312,29 +331,58 @@ class TrainingRun:
             **kwargs,
         )
 
+    def loader(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        start_step: int = 0,
+        collate_fn: Any = None,
+        lengths: Sequence[int] | None = None,
+        **sampler_kwargs,
+    ) -> Iterator[Any]:
+        """Step batches of ``dataset`` loaded by ``--num-workers`` worker processes.
+
+        The same batches as :meth:`sampler` names (so resumes stay exact), but read, decoded
+        and collated in workers: the main process never holds the dataset. Split a step's
+        batch with :meth:`micro_batches` as usual.
+        """
+        sampler = self.sampler(
+            len(dataset), batch_size, start_step=start_step, lengths=lengths, **sampler_kwargs
+        )
+        workers = self.cfg.num_workers
+        if workers < 0:
+            workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return step_loader(
+            dataset,
+            sampler,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            pin_memory=self.device.type == "cuda",
+        )
+
     def micro_batches(
-        self, model: torch.nn.Module, indices: Sequence[int]
-    ) -> Iterator[tuple[list[int], contextlib.AbstractContextManager]]:
-        """Split a step's indices into ``grad_accum`` micro-batches, each with the context to run
+        self, model: torch.nn.Module, batch: Any
+    ) -> Iterator[tuple[Any, contextlib.AbstractContextManager]]:
+        """Split a step's batch into ``grad_accum`` micro-batches, each with the context to run
         its forward and backward in: DDP's ``no_sync()`` for all but the last, so gradients are
         all-reduced once per optimizer step. Scale each micro-batch's loss by ``1 / grad_accum``
         for the gradient of the whole step's (mean) loss::
 
-            for chunk, sync in run.micro_batches(ddp_model, indices):
+                for chunk, sync in run.micro_batches(ddp_model, indices):
                 with sync, run.precision.autocast():
                     loss = ddp_model(batch(chunk)) / cfg.grad_accum
                 run.precision.backward(loss)
+
+        ``batch`` is a step's index list, or a collated batch from :meth:`loader`: a tensor, or a
+        tuple/list/dict of tensors (and lists), split along the first dimension.
         """
         count = self.cfg.grad_accum
-        indices = list(indices)
-        if len(indices) % count:
-            raise ValueError(f"{len(indices)} indices do not split into {count} equal micro-batches")
-        size = len(indices) // count
-        for micro in range(count):
+        for micro, chunk in enumerate(_split_batch(batch, count)):
             last = micro == count - 1
             no_sync = getattr(model, "no_sync", None)
             context = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-            yield indices[micro * size : (micro + 1) * size], context
+            yield chunk, context
 
     def should_log(self, step: int) -> bool:
         return step % max(1, self.cfg.log_every) == 0 or step == self.cfg.steps
