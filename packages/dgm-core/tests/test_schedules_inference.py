@@ -101,3 +101,12 @@ def test_progress_is_a_bar_on_a_terminal(tmp_path, monkeypatch):
     finally:
         bar.close()
         logger.close()
+
+
+def test_a_deterministic_call_does_not_leak_into_the_next_one():
+    try:
+        open_inference(RuntimeConfig(device="cpu", deterministic=True))
+        open_inference(RuntimeConfig(device="cpu"))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)

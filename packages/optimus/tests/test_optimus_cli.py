@@ -39,6 +39,9 @@ def test_training_writes_model_metrics_samples_and_eval(trained_run):
     ]
     assert {s["kind"] for s in samples} == {"reconstruction", "prior_sample"}
     assert json.loads((trained_run / "eval.json").read_text())["num_sentences"] == 32
+    # The run's one-time preparation: its tokenizers and one token cache, both reused on resume.
+    assert (trained_run / "tokenizers" / "decoder_tokenizer").is_dir()
+    assert (trained_run / "token_cache" / "meta.json").is_file()
 
 
 def test_eval_writes_json_with_ppl_and_latent_metrics(trained_run, tmp_path, capsys):
@@ -54,11 +57,33 @@ def test_eval_writes_json_with_ppl_and_latent_metrics(trained_run, tmp_path, cap
     assert "PPL" in capsys.readouterr().out
 
 
+def test_eval_honours_precision(trained_run, tmp_path, capsys):
+    args = ["--model", str(trained_run), "--num-sentences", "20", "--iw-samples", "5", "--device", "cpu"]
+    results = []
+    for precision in ("fp32", "fp32", "bf16"):
+        out = tmp_path / f"eval-{len(results)}.json"
+        assert evaluate.main([*args, "--precision", precision, "--output", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    fp32, fp32_again, bf16 = results
+    assert bf16["precision"] == "bf16"
+    # Same seed, same posterior samples: fp32 repeats itself exactly, so only bf16 arithmetic in the
+    # forward passes can move the numbers — visibly, but not far (the sums stay float32).
+    assert fp32_again == fp32
+    assert bf16["reconstruction"] != fp32["reconstruction"] and bf16["kl"] != fp32["kl"]
+    for key in ("nll", "neg_elbo", "reconstruction", "kl"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.05, abs=0.05), key
+    assert bf16["num_tokens"] == fp32["num_tokens"]
+    capsys.readouterr()
+    assert evaluate.main([*args, "--precision", "fp16"]) == 2  # fp16 needs CUDA: refused, not ignored
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args,key",
     [
         (["--mode", "prior", "--num", "3"], "sentences"),
         (["--mode", "reconstruct", "--sentences", "the chef cooked the soup ."], "pairs"),
+        (["--mode", "reconstruct", "--precision", "bf16"], "pairs"),
         (["--mode", "interpolate", "--steps", "4"], "path"),
         (["--mode", "analogy"], "d"),
         (["--mode", "guided", "--attribute", "topic", "--value", "music", "--num", "4"], "accuracy"),

@@ -10,6 +10,7 @@ import torch
 from optimus_tiny import grammar_codec
 
 from dgm_core.errors import UserError
+from optimus.building import ModelOptions, open_or_build_codec
 from optimus.data import (
     TokenizedCorpus,
     build_token_cache,
@@ -164,3 +165,22 @@ def test_collate_right_pads_with_masks():
     assert batch.decoder_ids.tolist() == [[1, 7, 8, 2], [1, 2, 9, 9]]
     assert batch.decoder_mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
     assert batch.encoder_mask.dtype == torch.long
+
+
+def test_a_runs_tokenizers_are_built_once_and_then_reused_by_every_process(tmp_path):
+    texts = [s.text for s in generate_corpus(200, seed=0)]
+    built = []
+
+    def training_texts() -> list[str]:
+        built.append(True)
+        return texts
+
+    folder = tmp_path / "tokenizers"
+    first = open_or_build_codec(folder, ModelOptions(vocab_size=200), training_texts)
+    again = open_or_build_codec(folder, ModelOptions(vocab_size=200), training_texts)
+    assert len(built) == 1  # the second process (or a resume) finds them on disk
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    # A token cache built with the first codec is valid for the codec later processes read back.
+    corpus = build_token_cache(texts[:20], first, 32, tmp_path / "cache")
+    assert corpus.matches(again, 32)
+    assert open_or_build_token_cache(iter([]), again, 32, tmp_path / "cache").meta == corpus.meta

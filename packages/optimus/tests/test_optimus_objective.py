@@ -11,7 +11,7 @@ from optimus_tiny import tiny_vae
 from dgm_core.errors import UserError
 from dgm_core.metrics.latent import gaussian_kl, iw_log_likelihood
 from optimus.data import TextBatch
-from optimus.evaluate import iw_log_weights
+from optimus.evaluation import iw_log_weights
 from optimus.objective import BetaSchedule, thresholded_kl, vae_loss
 
 

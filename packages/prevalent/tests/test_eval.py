@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,18 @@ from prevalent.data import load_ndh, load_r2r, make_synthetic_dataset
 from prevalent.data.hanna import HannaEpisode
 from prevalent.data.r2r import R2REpisode
 from prevalent.env import NavGraph, NavGraphs
-from prevalent.evaluate import (
-    baseline_predictions,
+from prevalent.evaluate import main
+from prevalent.metrics import (
     cls,
     dtw,
-    evaluate,
     goal_progress,
-    main,
     ndtw,
     path_metrics,
     predictions_from_list,
     region_metrics,
 )
+from prevalent.rollout import baseline_predictions
+from prevalent.tasks import TaskOptions, get_task
 
 
 def _line_graph() -> NavGraph:
@@ -104,7 +105,7 @@ def _episodes():
 
 def test_missing_predictions_count_as_failures_and_unknown_ids_are_reported():
     predictions = {"1_0": [["A", 0, 0], ["B", 0, 0], ["C", 0, 0], ["D", 0, 0]], "9_9": [["A", 0, 0]]}
-    report = evaluate("r2r", _episodes(), _graphs(), predictions)
+    report = get_task("r2r").evaluate(_episodes(), _graphs(), predictions)
     assert report.missing == ["2_0"] and report.unknown == ["9_9"]
     assert report.metrics["SR"] == pytest.approx(0.5) and report.metrics["SPL"] == pytest.approx(0.5)
     assert report.metrics["NE"] == pytest.approx(2.0)  # (0 + 4) / 2: the missing one never moved
@@ -121,7 +122,7 @@ def test_missing_predictions_count_as_failures_and_unknown_ids_are_reported():
 )
 def test_bad_trajectories_are_clear_errors(trajectory, message):
     with pytest.raises(UserError, match=message):
-        evaluate("r2r", _episodes()[:1], _graphs(), {"1_0": trajectory})
+        get_task("r2r").evaluate(_episodes()[:1], _graphs(), {"1_0": trajectory})
 
 
 def test_duplicate_and_malformed_predictions_are_rejected():
@@ -136,8 +137,24 @@ def test_duplicate_and_malformed_predictions_are_rejected():
 
 def test_hanna_episodes_score_against_the_nearest_goal():
     episode = HannaEpisode("h", "line", "A", 0.0, "mug", "find the mug", ["F", "E"])
-    report = evaluate("hanna", [episode], _graphs(), {"h": [["A", 0, 0], ["B", 0, 0], ["E", 0, 0]]})
+    report = get_task("hanna").evaluate([episode], _graphs(), {"h": [["A", 0, 0], ["B", 0, 0], ["E", 0, 0]]})
     assert report.metrics["SR"] == 1 and report.metrics["SPL"] == pytest.approx(1.0)
+
+
+def test_each_task_judges_success_with_its_own_radius():
+    walk = [["A", 0, 0], ["B", 0, 0], ["C", 0, 0], ["D", 0, 0]]
+    # D is 2 m from the HANNA goal F: found, as HANNA counts anything within 2 m ...
+    hanna = get_task("hanna")
+    episode = HannaEpisode("h", "line", "A", 0.0, "mug", "find the mug", ["F"])
+    assert hanna.success_radius == 2.0
+    assert hanna.evaluate([episode], _graphs(), {"h": walk}).metrics["SR"] == 1
+    assert replace(hanna, success_radius=1.5).evaluate([episode], _graphs(), {"h": walk}).metrics["SR"] == 0
+    # ... while stopping at C, 3 m short of the R2R goal D, fails R2R's NE < 3 m
+    r2r = get_task("r2r")
+    short = {"1_0": walk[:3]}
+    assert r2r.success_radius == 3.0
+    assert r2r.evaluate(_episodes()[:1], _graphs(), short).metrics["SR"] == 0
+    assert replace(r2r, success_radius=3.5).evaluate(_episodes()[:1], _graphs(), short).metrics["SR"] == 1
 
 
 def test_shortest_path_agent_is_perfect_on_real_r2r(vln_data):
@@ -145,7 +162,7 @@ def test_shortest_path_agent_is_perfect_on_real_r2r(vln_data):
     for split in ("R2R_train.json", "R2R_val_seen.json"):
         episodes = load_r2r(vln_data / "R2R" / split)
         predictions = predictions_from_list(baseline_predictions("shortest", episodes, graphs))
-        report = evaluate("r2r", episodes, graphs, predictions)
+        report = get_task("r2r").evaluate(episodes, graphs, predictions)
         assert report.metrics["SR"] == 1.0 and report.metrics["SPL"] == pytest.approx(1.0)
         assert report.metrics["NE"] == 0.0 and report.metrics["nDTW"] == pytest.approx(1.0)
         assert not report.missing
@@ -155,7 +172,7 @@ def test_real_cvdn_goal_progress_of_walking_the_planner_path(vln_data):
     graphs = NavGraphs(vln_data / "connectivity")
     episodes = load_ndh(vln_data / "NDH" / "val_seen.json")
     predictions = {ep.instr_id: [[vp, 0, 0] for vp in ep.planner_path] for ep in episodes}
-    report = evaluate("cvdn", episodes, graphs, predictions)
+    report = get_task("cvdn").evaluate(episodes, graphs, predictions)
     expected = [goal_progress(graphs[ep.scan], ep.planner_path, ep.end_panos) for ep in episodes]
     assert report.metrics["goal_progress"] == pytest.approx(sum(expected) / len(expected))
     assert report.metrics["goal_progress"] > 0
@@ -179,10 +196,8 @@ def test_cli_scores_a_predictions_file_and_writes_json(tmp_path, small_dataset, 
     payload = json.loads(out.read_text())
     assert payload["metrics"]["SR"] == 1.0 and payload["num_missing"] == 0
     # write the shortest-path agent's trajectories as a real submission file and score it
-    from prevalent.evaluate import load_episodes
-
     predictions = baseline_predictions(
-        "shortest", load_episodes(task, data), NavGraphs(small_dataset / "connectivity")
+        "shortest", get_task(task).read(data, TaskOptions()), NavGraphs(small_dataset / "connectivity")
     )
     submission = tmp_path / "submission.json"
     submission.write_text(json.dumps(predictions[:-1]))  # one episode left out

@@ -11,20 +11,14 @@ from safetensors.torch import load_file
 
 from dgm_core.errors import UserError
 from prevalent.data.synthetic import make_synthetic_dataset
-from prevalent.evaluate import load_predictions
-from prevalent.finetune import (
-    TASKS,
-    EpisodeRunner,
-    TaskOptions,
-    get_task,
-    main,
-    nearest_help,
-    open_world,
-)
+from prevalent.finetune import main
+from prevalent.metrics import load_predictions
 from prevalent.model.agent import NavigationAgent
 from prevalent.model.encoder import EncoderConfig
 from prevalent.model.tokenizer import InstructionTokenizer
 from prevalent.pretrain import main as pretrain_main
+from prevalent.rollout import EpisodeRunner, nearest_help, open_world
+from prevalent.tasks import TASKS, TaskOptions, get_task
 
 TINY_MODEL = [
     "--hidden-size",
@@ -141,6 +135,11 @@ def test_one_training_step_of_each_task_writes_scorable_predictions(task, tiny_w
 def test_from_scratch_runs_without_a_bundle(tiny_world, tmp_path):
     assert main(finetune_args(tiny_world, tmp_path / "s", "r2r", "none")) == 0
     assert json.loads((tmp_path / "s" / "eval.json").read_text())["pretrained"] is None
+    # The vocabulary learnt inside the run is kept there and reused when the run continues.
+    vocabulary = tmp_path / "s" / "tokenizer.json"
+    learnt = vocabulary.stat().st_mtime_ns
+    assert main(finetune_args(tiny_world, tmp_path / "s", "r2r", "none", 2)) == 0
+    assert vocabulary.stat().st_mtime_ns == learnt
 
 
 def test_unknown_task_lists_the_valid_ones(tmp_path, capsys):

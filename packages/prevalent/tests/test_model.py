@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -254,3 +256,47 @@ def test_bundle_round_trip_and_size_mismatch(tmp_path):
         load_bundle(tmp_path / "b", expected=tiny_config(vocab_size=tok.vocab_size, hidden_size=32))
     with pytest.raises(UserError, match="no pretrained encoder"):
         load_bundle(tmp_path / "nothing")
+
+
+def test_bundle_round_trip_keeps_every_tensor_and_the_outputs(tmp_path):
+    from dgm_core.testing import check_pretrained_round_trip
+
+    tok = InstructionTokenizer.train(INSTRUCTIONS, vocab_size=120)
+    config = tiny_config(vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    model = PrevalentPretrainingModel(config)
+    ids, mask, views, vision_mask = _pretraining_batch(config)
+
+    def forward(m):  # every output: losses, MLM logits of every token, action logits, encoder states
+        return m(ids, mask, views, vision_mask, 3, ids.clone(), torch.tensor([0, 1, 2]))
+
+    loaded = check_pretrained_round_trip(
+        model,
+        save=lambda folder: save_bundle(folder, model, tok, extra={"pretrain_steps": 7}),
+        load=lambda folder: load_bundle(folder)[0],
+        folder=tmp_path / "bundle",
+        forward=forward,
+    )
+    assert loaded.config == config
+    saved = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert (saved["format"], saved["version"], saved["pretrain_steps"]) == ("prevalent-encoder", 1, 7)
+    assert saved["encoder"] == config.to_dict()
+    assert load_bundle(tmp_path / "bundle")[1].vocab_size == tok.vocab_size
+
+
+def test_a_failed_export_leaves_the_previous_bundle_intact(tmp_path, monkeypatch):
+    tok = InstructionTokenizer.train(INSTRUCTIONS, vocab_size=120)
+    config = tiny_config(vocab_size=tok.vocab_size)
+    first = PrevalentPretrainingModel(config)
+    folder = save_bundle(tmp_path / "b", first, tok)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert set(before) == {"config.json", "model.safetensors", "tokenizer.json"}
+
+    def disk_full(path):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tok, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_bundle(folder, PrevalentPretrainingModel(config), tok, extra={"pretrain_steps": 1})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary folder left beside it

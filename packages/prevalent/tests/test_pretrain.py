@@ -13,11 +13,12 @@ from safetensors.torch import load_file
 from dgm_core.testing import run_distributed
 from prevalent.data.synthetic import make_synthetic_dataset
 from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv
-from prevalent.finetune import TaskOptions, get_task, open_world
 from prevalent.model.masking import MaskingRule
 from prevalent.model.pretrained import load_bundle
 from prevalent.model.tokenizer import InstructionTokenizer
 from prevalent.pretrain import TripletBatcher, main, teacher_triplets
+from prevalent.rollout import open_world
+from prevalent.tasks import TaskOptions, get_task
 
 TINY_MODEL = [
     "--hidden-size",
@@ -166,6 +167,7 @@ def test_resume_continues_bit_identically(tiny_world, tmp_path):
 def test_bad_input_is_a_one_line_error(tiny_world, tmp_path, capsys):
     assert main(["--data", str(tmp_path / "missing"), "--run-dir", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before the run opened: nothing written
 
 
 def _ddp_pretrain_step(rank: int, world_size: int, world: str, run_dir: str) -> dict:
@@ -191,7 +193,7 @@ def test_teacher_triplets_on_real_r2r_paths_with_standard_shaped_features(vln_da
     import numpy as np
 
     from prevalent.env import InMemoryFeatureStore, NavGraphs
-    from prevalent.finetune import World
+    from prevalent.rollout import World
 
     graphs = NavGraphs(vln_data / "connectivity")
     episodes = get_task("r2r").load(vln_data, "val_seen", TaskOptions())[:12]

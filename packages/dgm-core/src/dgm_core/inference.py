@@ -48,4 +48,7 @@ def open_inference(cfg: RuntimeConfig) -> InferenceRuntime:
     """Resolve the device, seed every generator (deterministic algorithms if asked), pick the precision."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    # Set both ways: in one process (a notebook, the claim commands) a previous --deterministic
+    # call must not stay in force for the next one.
+    torch.use_deterministic_algorithms(cfg.deterministic)
     return InferenceRuntime(device=device, precision=Precision(cfg.precision, device))

@@ -142,7 +142,8 @@ def _resave(
 def _tied_groups(model: torch.nn.Module) -> list[set[str]]:
     by_pointer: dict[int, set[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        by_pointer.setdefault(param.data_ptr(), set()).add(name)
+        if param.numel():  # empty tensors share the null pointer without being tied
+            by_pointer.setdefault(param.data_ptr(), set()).add(name)
     return [names for names in by_pointer.values() if len(names) > 1]
 
 

@@ -23,10 +23,13 @@ import torch
 
 from dgm_core import cli
 from dgm_core.cli import option
-from optimus.classify import accuracy_curve, extract_features, parse_shots
-from optimus.evaluate import embedded_test_texts, evaluate_model, load_trained
-from optimus.generate import DecodingOptions, analogy, guided_generation, interpolate
+from optimus.classify import accuracy_curve, parse_shots
+from optimus.corpora import embedded_test_texts
+from optimus.evaluation import evaluate_model
+from optimus.generate import analogy, guided_generation, interpolate
 from optimus.grammar import ATTRIBUTES, generate_corpus
+from optimus.latents import DecodingOptions, posterior_means
+from optimus.saved_model import load_trained
 from optimus.train import OptimusTrainConfig, train
 
 
@@ -89,8 +92,8 @@ def run_claim(cfg: ClaimConfig) -> dict:
 
     def curve(model_dir: Path, seed: int) -> list[dict]:
         model, codec = load_trained(model_dir, device)
-        train_x = extract_features(model, codec, [s.text for s in pool], device, "latent")
-        test_x = extract_features(model, codec, [s.text for s in held], device, "latent")
+        train_x = posterior_means(model, codec, [s.text for s in pool], device).cpu()
+        test_x = posterior_means(model, codec, [s.text for s in held], device).cpu()
         return accuracy_curve(train_x, pool_y, test_x, held_y, shots, cfg.repeats, "linear", seed)
 
     results: dict = {"config": cli.config_to_dict(cfg), "lm": {}, "classification": {}}

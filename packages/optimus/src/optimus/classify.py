@@ -5,6 +5,7 @@ of ``--repeats`` random draws, a head (``linear`` or a one-hidden-layer ``mlp``)
 frozen features of the N·C drawn sentences and scored on the test set. Two feature sets are
 compared: the latent means ``E[z|x]`` (``latent``) and the encoder's pooled output (``pooled``).
 Features are standardised with the statistics of the whole (unlabelled) training pool.
+``--precision bf16|fp16`` runs the model's forward passes (feature extraction) in that precision.
 
 Data: ``--train-file``/``--test-file`` with ``label<TAB>text`` lines or JSONL ``{"text","label"}``;
 by default the embedded corpus labelled by ``--attribute``. Test labels never seen in training
@@ -13,11 +14,9 @@ are an error.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,40 +24,13 @@ from torch import nn
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.device import resolve_device, seed_everything
-from dgm_core.training import RuntimeConfig
-from optimus.data import encode_texts, iterate_batches, read_sentences
-from optimus.evaluate import DEFAULT_MODEL, load_trained
+from optimus.data import read_sentences
 from optimus.grammar import ATTRIBUTES, generate_corpus
-from optimus.tokenization import SentenceCodec
-from optimus.vae import OptimusVAE
+from optimus.latents import pooled_features, posterior_means
+from optimus.saved_model import SavedModelConfig, beside_model, open_saved_model, write_result
 
-FEATURES = ("latent", "pooled")
-
-
-@torch.no_grad()
-def extract_features(
-    model: OptimusVAE,
-    codec: SentenceCodec,
-    texts: list[str],
-    device,
-    kind: str,
-    batch_size: int = 64,
-    block_size: int = 64,
-) -> torch.Tensor:
-    """``[N, F]`` features: latent means or the encoder's pooled output."""
-    if kind not in FEATURES:
-        raise UserError(f"unknown feature set '{kind}': expected one of {', '.join(FEATURES)}")
-    model.eval()
-    pairs, _ = encode_texts(texts, codec, block_size)
-    out = []
-    for batch in iterate_batches(pairs, batch_size, codec):
-        batch = batch.to(device)
-        if kind == "latent":
-            out.append(model.encode(batch.encoder_ids, batch.encoder_mask)[0].float())
-        else:
-            out.append(model.encoder_features(batch.encoder_ids, batch.encoder_mask).float())
-    return torch.cat(out).cpu()
+# The frozen features a head can be trained on: latent means E[z|x], or the encoder's pooled output.
+FEATURE_SETS = {"latent": posterior_means, "pooled": pooled_features}
 
 
 def train_head(
@@ -160,8 +132,7 @@ def parse_shots(values: list[str]) -> list[int | None]:
 
 
 @dataclass
-class ClassifyConfig(RuntimeConfig):
-    model: str = option(DEFAULT_MODEL, help="Saved model folder (or a run directory holding model/).")
+class ClassifyConfig(SavedModelConfig):
     train_file: str = option(
         "", help="Labelled training pool (label<TAB>text or JSONL); empty: embedded corpus."
     )
@@ -177,7 +148,9 @@ class ClassifyConfig(RuntimeConfig):
         default_factory=lambda: ["1", "10", "100", "all"],
         help="Labelled examples per class (integers or 'all').",
     )
-    features: list[str] = option(default_factory=lambda: list(FEATURES), help="Feature sets: latent, pooled.")
+    features: list[str] = option(
+        default_factory=lambda: list(FEATURE_SETS), help="Feature sets: latent, pooled."
+    )
     head: str = option("linear", help="Classifier head.", choices=("linear", "mlp"))
     repeats: int = option(5, help="Random draws per N (their mean and std are reported).")
     output: str = option(
@@ -186,14 +159,17 @@ class ClassifyConfig(RuntimeConfig):
 
 
 def classify(cfg: ClassifyConfig) -> dict:
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
     if bool(cfg.train_file) != bool(cfg.test_file):
         raise UserError("give both --train-file and --test-file, or neither (embedded corpus)")
     if cfg.repeats < 1:
         raise UserError(f"repeats must be at least 1, got {cfg.repeats}")
+    unknown_features = [kind for kind in cfg.features if kind not in FEATURE_SETS]
+    if unknown_features:
+        raise UserError(
+            f"unknown feature set '{unknown_features[0]}': expected one of {', '.join(FEATURE_SETS)}"
+        )
     shots = parse_shots(cfg.shots)
-    model, codec = load_trained(cfg.model, device)
+    runtime, model, codec = open_saved_model(cfg)
     if cfg.train_file:
         train, test = (
             read_sentences(cfg.train_file, require_labels=True),
@@ -220,20 +196,16 @@ def classify(cfg: ClassifyConfig) -> dict:
     test_y = [index[n] for n in test_names]  # type: ignore[union-attr]
     result = {"source": source, "classes": classes, "head": cfg.head, "curves": {}}
     for kind in cfg.features:
-        train_x = extract_features(model, codec, train_texts, device, kind)
-        test_x = extract_features(model, codec, test_texts, device, kind)
+        features_of = FEATURE_SETS[kind]
+        # The model's forward passes run in --precision; the heads train on float32 copies on the CPU.
+        with runtime.precision.autocast():
+            train_x = features_of(model, codec, train_texts, runtime.device).cpu()
+            test_x = features_of(model, codec, test_texts, runtime.device).cpu()
         result["curves"][kind] = accuracy_curve(
             train_x, train_y, test_x, test_y, shots, cfg.repeats, cfg.head, cfg.seed
         )
     print(format_curves(result))
-    model_folder = Path(cfg.model)
-    output = (
-        Path(cfg.output)
-        if cfg.output
-        else (model_folder.parent if model_folder.name == "model" else model_folder) / "classify.json"
-    )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
+    output = write_result(result, cfg.output or beside_model(cfg.model, "classify.json"))
     print(f"wrote {output}")
     return result
 

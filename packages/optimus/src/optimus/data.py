@@ -176,6 +176,9 @@ def build_token_cache(
     out_dir.mkdir(parents=True, exist_ok=True)
     if block_size < 4:
         raise UserError(f"block_size must be at least 4, got {block_size}")
+    # meta.json is what marks a cache usable: drop a stale one before the arrays are rewritten, so
+    # an interrupted build is rebuilt next time instead of being opened half-written.
+    (out_dir / "meta.json").unlink(missing_ok=True)
     enc_offsets, dec_offsets = [0], [0]
     truncated = 0
     with (

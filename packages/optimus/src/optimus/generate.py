@@ -13,76 +13,28 @@ Modes (``--mode``):
   the embedded corpus, whose checker then reads the attribute back and reports the accuracy.
 
 All decoding uses the KV cache (the memory slot is its first entry): greedy or sampling with
-temperature/top-k/top-p, up to ``--max-length`` tokens.
+temperature/top-k/top-p, up to ``--max-length`` tokens. ``--precision bf16|fp16`` runs encoding
+and decoding in that precision.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.device import resolve_device, seed_everything
-from dgm_core.training import RuntimeConfig
-from optimus.data import encode_texts, iterate_batches, read_sentences
-from optimus.evaluate import DEFAULT_MODEL, load_trained
+from optimus.data import read_sentences
 from optimus.grammar import ATTRIBUTES, generate_corpus, read_attributes
+from optimus.latents import DecodingOptions, decode_latents, posterior_means
+from optimus.saved_model import SavedModelConfig, open_saved_model, write_result
 from optimus.tokenization import SentenceCodec
 from optimus.vae import OptimusVAE
 
 MODES = ("prior", "reconstruct", "interpolate", "analogy", "guided")
-
-
-@torch.no_grad()
-def posterior_means(
-    model: OptimusVAE,
-    codec: SentenceCodec,
-    texts: list[str],
-    device,
-    batch_size: int = 64,
-    block_size: int = 64,
-) -> torch.Tensor:
-    """``E[z|x]`` for each sentence, ``[N, D]``."""
-    pairs, _ = encode_texts(texts, codec, block_size)
-    means = []
-    for batch in iterate_batches(pairs, batch_size, codec):
-        batch = batch.to(device)
-        means.append(model.encode(batch.encoder_ids, batch.encoder_mask)[0])
-    return torch.cat(means)
-
-
-@dataclass
-class DecodingOptions:
-    strategy: str = "greedy"
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_length: int = 40
-
-
-def decode_latents(
-    model: OptimusVAE,
-    codec: SentenceCodec,
-    z: torch.Tensor,
-    options: DecodingOptions,
-    generator: torch.Generator | None = None,
-) -> list[str]:
-    ids = model.generate(
-        z,
-        options.max_length,
-        options.strategy,
-        options.temperature,
-        options.top_k,
-        options.top_p,
-        generator=generator,
-    )
-    return [codec.decode(row.tolist()) for row in ids]
 
 
 def interpolate(model, codec, a: str, b: str, steps: int, options: DecodingOptions, device) -> list[dict]:
@@ -157,8 +109,7 @@ def guided_generation(
 
 
 @dataclass
-class GenerateConfig(RuntimeConfig):
-    model: str = option(DEFAULT_MODEL, help="Saved model folder (or a run directory holding model/).")
+class GenerateConfig(SavedModelConfig):
     mode: str = option("prior", help="What to generate.", choices=MODES)
     num: int = option(8, help="Sentences to generate (prior, guided).")
     sentences: list[str] = option(
@@ -185,20 +136,29 @@ class GenerateConfig(RuntimeConfig):
 
 
 def generate(cfg: GenerateConfig) -> dict:
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    model, codec = load_trained(cfg.model, device)
+    runtime, model, codec = open_saved_model(cfg)
     options = DecodingOptions(cfg.strategy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_length)
     if cfg.max_length < 1 or cfg.num < 1:
         raise UserError("max_length and num must be at least 1")
+    with runtime.precision.autocast():
+        result, lines = _generate_mode(cfg, model, codec, options, runtime.device)
+    print("\n".join(lines))
+    if cfg.output:
+        write_result(result, cfg.output)
+    return result
+
+
+def _generate_mode(
+    cfg: GenerateConfig, model: OptimusVAE, codec: SentenceCodec, options: DecodingOptions, device
+) -> tuple[dict, list[str]]:
+    """The result of ``--mode`` and the lines that print it."""
     examples = [s.text for s in generate_corpus(3, seed=30_000 + cfg.seed)]
     sentences = list(cfg.sentences)
-    result: dict
     if cfg.mode == "prior":
         z = torch.randn(cfg.num, model.latent_size, device=device)
         result = {"mode": "prior", "sentences": decode_latents(model, codec, z, options)}
-        lines = result["sentences"]
-    elif cfg.mode == "reconstruct":
+        return result, result["sentences"]
+    if cfg.mode == "reconstruct":
         if cfg.input_file:
             sentences = read_sentences(cfg.input_file).texts
         sentences = sentences or examples
@@ -208,41 +168,36 @@ def generate(cfg: GenerateConfig) -> dict:
             "mode": "reconstruct",
             "pairs": [{"input": a, "output": b} for a, b in zip(sentences, outputs)],
         }
-        lines = [f"{a}\n  -> {b}" for a, b in zip(sentences, outputs)]
-    elif cfg.mode == "interpolate":
+        return result, [f"{a}\n  -> {b}" for a, b in zip(sentences, outputs)]
+    if cfg.mode == "interpolate":
         if sentences and len(sentences) != 2:
             raise UserError(f"interpolate needs exactly 2 sentences, got {len(sentences)}")
         a, b = sentences or examples[:2]
         path = interpolate(model, codec, a, b, cfg.steps, options, device)
         result = {"mode": "interpolate", "from": a, "to": b, "path": path}
-        lines = [f"{p['t']:.2f}  {p['text']}" for p in path]
-    elif cfg.mode == "analogy":
+        return result, [f"{p['t']:.2f}  {p['text']}" for p in path]
+    if cfg.mode == "analogy":
         if sentences and len(sentences) != 3:
             raise UserError(f"analogy needs exactly 3 sentences (a b c), got {len(sentences)}")
         a, b, c = sentences or examples
         answer = analogy(model, codec, a, b, c, options, device)
         result = {"mode": "analogy", "a": a, "b": b, "c": c, "d": answer}
-        lines = [f"{a} : {b} ::", f"{c} : {answer}"]
-    else:
-        labeled = None
-        if cfg.labeled_file:
-            records = read_sentences(cfg.labeled_file, require_labels=True)
-            labeled = (records.texts, records.labels)
-        result = guided_generation(
-            model, codec, cfg.attribute, cfg.value, cfg.num, options, device, cfg.guidance_scale, labeled
+        return result, [f"{a} : {b} ::", f"{c} : {answer}"]
+    labeled = None
+    if cfg.labeled_file:
+        records = read_sentences(cfg.labeled_file, require_labels=True)
+        labeled = (records.texts, records.labels)
+    result = guided_generation(
+        model, codec, cfg.attribute, cfg.value, cfg.num, options, device, cfg.guidance_scale, labeled
+    )
+    result["mode"] = "guided"
+    lines = list(result["sentences"])
+    if "accuracy" in result:
+        lines.append(
+            f"attribute accuracy {result['accuracy']:.3f} (unsteered prior samples: "
+            f"{result['baseline_accuracy']:.3f})"
         )
-        result["mode"] = "guided"
-        lines = list(result["sentences"])
-        if "accuracy" in result:
-            lines.append(
-                f"attribute accuracy {result['accuracy']:.3f} (unsteered prior samples: "
-                f"{result['baseline_accuracy']:.3f})"
-            )
-    print("\n".join(lines))
-    if cfg.output:
-        Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.output).write_text(json.dumps(result, indent=2))
-    return result
+    return result, lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ WordPiece for BERT).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,10 +172,16 @@ class SentenceCodec:
         return self.decoder_tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # -- persistence -------------------------------------------------------------------------
+    def as_extra_files(self) -> dict[str, Callable[[Path], object]]:
+        """The two tokenizer folders as writers, for saving inside a model folder in one atomic step."""
+        return {
+            ENCODER_SUBFOLDER: lambda path: self.encoder_tokenizer.save_pretrained(str(path)),
+            DECODER_SUBFOLDER: lambda path: self.decoder_tokenizer.save_pretrained(str(path)),
+        }
+
     def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        self.encoder_tokenizer.save_pretrained(str(folder / ENCODER_SUBFOLDER))
-        self.decoder_tokenizer.save_pretrained(str(folder / DECODER_SUBFOLDER))
+        for name, write in self.as_extra_files().items():
+            write(Path(folder) / name)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> SentenceCodec:

@@ -12,26 +12,25 @@ samples from the prior) and logs reconstruction, KL, MI and active units of the 
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import BertModel, GPT2LMHeadModel
 
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.device import seed_everything
 from dgm_core.runtime.distributed import unwrap_model, wait_for_everyone
+from dgm_core.runtime.schedules import warmup_linear_decay
 from dgm_core.training import TrainingConfig, TrainingRun
-from optimus.data import collate, iter_sentences, open_or_build_token_cache
-from optimus.evaluate import embedded_test_texts, evaluate_model
-from optimus.grammar import generate_corpus
+from optimus.building import ModelOptions, build_model, open_or_build_codec, parameter_groups
+from optimus.corpora import tokenizer_training_texts, training_and_held_out_texts
+from optimus.data import collate, open_or_build_token_cache
+from optimus.evaluation import evaluate_model, write_samples
 from optimus.objective import BETA_SCHEDULES, KL_MODES, BetaSchedule, vae_loss
-from optimus.tokenization import SentenceCodec, load_tokenizer
-from optimus.vae import OptimusConfig, OptimusVAE, tiny_decoder_config, tiny_encoder_config, word_dropout
+from optimus.saved_model import save_trained
+from optimus.vae import OptimusVAE, word_dropout
 
 PRETRAINED_LR = 5e-5  # the paper's AdamW learning rate for pretrained BERT/GPT-2
 SCRATCH_LR = 1e-3  # tiny from-scratch models learn nothing in minutes at 5e-5
@@ -143,189 +142,6 @@ PRESETS = {
 }
 
 
-# --------------------------------------------------------------------------- data
-
-
-def _training_texts(cfg: OptimusTrainConfig) -> tuple[object, list[str]]:
-    """The training sentence stream and the held-out sentences."""
-    if not cfg.train_file:
-        train = [s.text for s in generate_corpus(cfg.corpus_size, seed=cfg.seed)]
-        held_out = embedded_test_texts(cfg.eval_sentences, cfg.seed)
-        return train, held_out
-    if cfg.eval_file:
-        from optimus.data import read_sentences
-
-        held_out = read_sentences(cfg.eval_file, cfg.data_format).texts[: cfg.eval_sentences]
-        return (text for text, _ in iter_sentences(cfg.train_file, cfg.data_format)), held_out
-    # Every 20th of the first sentences is held out (and left out of training).
-    held_out_end = 20 * min(500, cfg.eval_sentences)
-    held_out: list[str] = []
-    for index, (text, _) in enumerate(iter_sentences(cfg.train_file, cfg.data_format)):
-        if index >= held_out_end:
-            break
-        if index % 20 == 0:
-            held_out.append(text)
-
-    def stream():
-        for index, (text, _) in enumerate(iter_sentences(cfg.train_file, cfg.data_format)):
-            if not (index % 20 == 0 and index < held_out_end):
-                yield text
-
-    return stream(), held_out
-
-
-def _tokenizer_texts(cfg: OptimusTrainConfig, limit: int = 200_000) -> list[str]:
-    if not cfg.train_file:
-        return [s.text for s in generate_corpus(cfg.corpus_size, seed=cfg.seed)]
-    texts = []
-    for text, _ in iter_sentences(cfg.train_file, cfg.data_format):
-        texts.append(text)
-        if len(texts) >= limit:
-            break
-    return texts
-
-
-# --------------------------------------------------------------------------- model
-
-
-def _load_pretrained(kind: str, name: str):
-    model_class = BertModel if kind == "encoder" else GPT2LMHeadModel
-    expected = "bert" if kind == "encoder" else "gpt2"
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(
-            f"cannot load the {kind} '{name}' offline (a local folder or the local HF cache): {exc}"
-        ) from None
-    if config.model_type != expected:
-        raise UserError(
-            f"the {kind} '{name}' is a '{config.model_type}' model; Optimus needs a {expected} {kind}"
-        )
-    try:
-        return model_class.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load the {kind} weights from '{name}': {exc}") from None
-
-
-def build_codec(cfg: OptimusTrainConfig) -> SentenceCodec:
-    """Tokenizers: loaded from the pretrained checkpoints, or trained on the training corpus."""
-    texts = _tokenizer_texts(cfg) if not (cfg.encoder and cfg.decoder) else []
-    from optimus.tokenization import train_decoder_tokenizer, train_encoder_tokenizer
-
-    enc_tok = (
-        load_tokenizer(cfg.encoder, "encoder")
-        if cfg.encoder
-        else train_encoder_tokenizer(texts, cfg.vocab_size)
-    )
-    dec_tok = (
-        load_tokenizer(cfg.decoder, "decoder")
-        if cfg.decoder
-        else train_decoder_tokenizer(texts, cfg.vocab_size)
-    )
-    return SentenceCodec(enc_tok, dec_tok)
-
-
-def build_model(cfg: OptimusTrainConfig, codec: SentenceCodec) -> OptimusVAE:
-    """The VAE: pretrained halves where given, tiny from-scratch ones otherwise."""
-    width, layers = cfg.scratch_hidden, cfg.scratch_layers
-    heads = max(1, width // 32)
-    if cfg.encoder:
-        encoder = _load_pretrained("encoder", cfg.encoder)
-        if codec.encoder_vocab_size > encoder.config.vocab_size:
-            raise UserError(
-                f"the encoder tokenizer has {codec.encoder_vocab_size} tokens but '{cfg.encoder}' embeds "
-                f"{encoder.config.vocab_size}; the tokenizer does not match the model"
-            )
-    else:
-        encoder = BertModel(
-            tiny_encoder_config(
-                codec.encoder_vocab_size,
-                codec.encoder_pad_id,
-                hidden_size=width,
-                num_hidden_layers=layers,
-                num_attention_heads=heads,
-                intermediate_size=4 * width,
-                max_position_embeddings=max(128, cfg.block_size),
-            )
-        )
-    if cfg.decoder:
-        decoder = _load_pretrained("decoder", cfg.decoder)
-        if codec.decoder_vocab_size != decoder.config.vocab_size:
-            # Optimus's PAD/BOS/EOS were appended to the tokenizer: grow the (tied) embedding to match.
-            decoder.resize_token_embeddings(codec.decoder_vocab_size)
-        decoder.config.bos_token_id = codec.bos_id
-        decoder.config.eos_token_id = codec.eos_id
-        decoder.config.pad_token_id = codec.decoder_pad_id
-        if cfg.block_size > decoder.config.n_positions - 1:
-            raise UserError(
-                f"block_size {cfg.block_size} exceeds the decoder's "
-                f"{decoder.config.n_positions - 1} positions"
-            )
-    else:
-        decoder = GPT2LMHeadModel(
-            tiny_decoder_config(
-                codec.decoder_vocab_size,
-                codec.bos_id,
-                codec.eos_id,
-                codec.decoder_pad_id,
-                n_embd=width,
-                n_layer=layers,
-                n_head=heads,
-                n_positions=max(128, cfg.block_size + 1),
-            )
-        )
-    config = OptimusConfig(cfg.latent_size, cfg.memory_injection, cfg.embedding_injection)
-    return OptimusVAE(config, encoder, decoder)
-
-
-# --------------------------------------------------------------------------- loop
-
-
-def _parameter_groups(model: OptimusVAE, weight_decay: float, encoder_lr: float) -> list[dict]:
-    """AdamW groups: no decay on biases and LayerNorms; the BERT encoder may have its own learning rate."""
-    no_decay = ("bias", "LayerNorm.weight", "ln_")
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, parameter in model.named_parameters():
-        key = (name.startswith("encoder."), any(k in name for k in no_decay))
-        groups.setdefault(key, []).append(parameter)
-    return [
-        {
-            "params": params,
-            "weight_decay": 0.0 if decay_free else weight_decay,
-            **({"lr": encoder_lr} if is_encoder else {}),
-        }
-        for (is_encoder, decay_free), params in sorted(groups.items())
-    ]
-
-
-def _write_samples(
-    model: OptimusVAE, codec: SentenceCodec, texts: list[str], path: Path, device, num: int, block_size: int
-) -> None:
-    from optimus.data import encode_texts
-
-    model.eval()
-    pairs, _ = encode_texts(texts[:num], codec, block_size)
-    batch = collate(pairs, codec.encoder_pad_id, codec.decoder_pad_id).to(device)
-    with torch.no_grad():
-        mean, _ = model.encode(batch.encoder_ids, batch.encoder_mask)
-        reconstructions = model.generate(mean, max_length=block_size)
-        prior = model.generate(
-            torch.randn(len(pairs), model.latent_size, device=device), max_length=block_size
-        )
-    model.train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        for text, ids in zip(texts[:num], reconstructions):
-            handle.write(
-                json.dumps({"kind": "reconstruction", "input": text, "output": codec.decode(ids.tolist())})
-                + "\n"
-            )
-        for ids in prior:
-            handle.write(json.dumps({"kind": "prior_sample", "output": codec.decode(ids.tolist())}) + "\n")
-
-
 @dataclass
 class TrainResult:
     """The trained model (on every rank) and the last held-out evaluation (rank 0; empty elsewhere)."""
@@ -340,31 +156,39 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
         raise UserError("batch_size, latent_size must be >= 1 and block_size >= 4")
     if not 0 <= cfg.word_dropout < 1:
         raise UserError(f"word_dropout must be in [0, 1), got {cfg.word_dropout}")
+    if cfg.warmup_steps < 0:
+        raise UserError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
+    options = ModelOptions.from_config(cfg)
     run_dir = Path(cfg.run_dir)
-    tokenizer_dir = run_dir / "tokenizers"
-    # Tokenizers first (a resumed run reuses the saved ones, so token ids never shift).
-    codec = (
-        SentenceCodec.from_pretrained(tokenizer_dir)
-        if (tokenizer_dir / "decoder_tokenizer").is_dir()
-        else build_codec(cfg)
-    )
-    seed_everything(cfg.seed)  # the same initial weights on every rank
-    model = build_model(cfg, codec)
-    # Auto learning rates: the paper's 5e-5 for pretrained halves, 1e-3 for halves built from scratch.
-    lr = cfg.lr if cfg.lr > 0 else (PRETRAINED_LR if cfg.decoder else SCRATCH_LR)
-    encoder_lr = cfg.encoder_lr if cfg.encoder_lr > 0 else (PRETRAINED_LR if cfg.encoder else lr)
-    with TrainingRun(cfg, model_config=model.config.to_dict(), name="optimus") as run:
+    # The model is built inside the run (after its tokenizers), so a checkpoint is matched against
+    # the options that shape the model rather than against the model's full configuration.
+    with TrainingRun(cfg, model_config=options.to_dict(), name="optimus") as run:
         device = run.device
-        if run.dist.is_main and not (tokenizer_dir / "decoder_tokenizer").is_dir():
-            codec.save_pretrained(tokenizer_dir)
-        train_stream, held_out = _training_texts(cfg)
-        cache_dir = run_dir / "token_cache" / f"rank{run.dist.rank}"
-        corpus = open_or_build_token_cache(train_stream, codec, cfg.block_size, cache_dir)
+        train_texts, held_out = training_and_held_out_texts(
+            cfg.train_file, cfg.eval_file, cfg.data_format, cfg.corpus_size, cfg.eval_sentences, cfg.seed
+        )
+        with run.main_process_first():
+            # One-time preparation: rank 0 trains and saves the tokenizers (a resumed run reuses
+            # them, so token ids never shift) and tokenizes the corpus; the other ranks then
+            # find both on disk and only open them.
+            codec = open_or_build_codec(
+                run_dir / "tokenizers",
+                options,
+                lambda: tokenizer_training_texts(cfg.train_file, cfg.data_format, cfg.corpus_size, cfg.seed),
+            )
+            corpus = open_or_build_token_cache(train_texts, codec, cfg.block_size, run_dir / "token_cache")
+        # The same initial weights on every rank, without disturbing the run's per-rank RNG streams.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            model = build_model(options, codec)
         corpus.check_vocab(model.encoder.config.vocab_size, model.decoder.config.vocab_size)
         if corpus.meta["truncated"]:
             run.logger.warning(
                 "%d training sentence(s) truncated to %d tokens", corpus.meta["truncated"], cfg.block_size
             )
+        # Auto learning rates: the paper's 5e-5 for pretrained halves, 1e-3 for halves built from scratch.
+        lr = cfg.lr if cfg.lr > 0 else (PRETRAINED_LR if cfg.decoder else SCRATCH_LR)
+        encoder_lr = cfg.encoder_lr if cfg.encoder_lr > 0 else (PRETRAINED_LR if cfg.encoder else lr)
         run.logger.info(
             "training on %d sentences, %d held out; lr %g (encoder %g)",
             len(corpus),
@@ -374,15 +198,8 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
         )
 
         model = model.to(device)
-        optimizer = torch.optim.AdamW(_parameter_groups(model, cfg.weight_decay, encoder_lr), lr=lr)
-        warmup = cfg.warmup_steps
-
-        def linear_decay(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (cfg.steps - step) / max(1, cfg.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, encoder_lr), lr=lr)
+        scheduler = warmup_linear_decay(optimizer, cfg.warmup_steps, cfg.steps)
         beta = BetaSchedule(
             cfg.beta_schedule, cfg.steps, cfg.beta_max, cfg.n_cycle, cfg.ratio_zero, cfg.ratio_increase
         )
@@ -452,7 +269,7 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
                         {k: v for k, v in last_eval.items() if isinstance(v, (int, float))},
                         prefix="eval/",
                     )
-                    _write_samples(
+                    write_samples(
                         bare,
                         codec,
                         held_out,
@@ -463,9 +280,7 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
                     )
                 wait_for_everyone()
         if run.dist.is_main:
-            model_dir = run_dir / "model"
-            unwrap_model(ddp_model).save_pretrained(model_dir)
-            codec.save_pretrained(model_dir)
+            model_dir = save_trained(run_dir / "model", unwrap_model(ddp_model), codec)
             if last_eval:
                 run.write_json("eval.json", {**last_eval, "step": cfg.steps})
             run.logger.info("saved the model to %s", model_dir)
@@ -479,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         prog="optimus-train",
         description=__doc__.split("\n\n")[0]
-        + "\n\nPresets: pretrain (10 β cycles), finetune (1 cycle), demo (about two minutes), smoke (seconds).",
+        + "\n\nPresets: pretrain (10 β cycles), finetune (1 cycle), demo (about two minutes), "
+        "smoke (seconds).",
         presets=PRESETS,
         module="optimus.train",
     )

@@ -19,21 +19,18 @@ costs one single-position forward pass.
 from __future__ import annotations
 
 import inspect
-import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import BertConfig, BertModel, DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from dgm_core.errors import UserError
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from dgm_core.pretrained import CONFIG_FILE, ExtraFile, PretrainedError, load_pretrained, save_pretrained
 
 # transformers 5.x renamed the ``past_key_values`` argument/output to ``cache`` (the old name
 # still works there with a deprecation warning); pick whichever the installed version declares.
@@ -320,40 +317,27 @@ class OptimusVAE(nn.Module):
         return torch.cat(generated, dim=1) if generated else tokens[:, :0]
 
     # -- persistence -------------------------------------------------------------------------
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """``config.json`` + ``model.safetensors`` (GPT-2's tied head stored once)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, default=str))
-        save_model(self, str(folder / WEIGHTS_NAME))
-        return folder
+    def save_pretrained(self, folder: str | Path, extra_files: Mapping[str, ExtraFile] | None = None) -> Path:
+        """``config.json`` + ``model.safetensors`` (GPT-2's tied head stored once), written atomically.
+
+        ``extra_files`` go into the same folder in the same atomic step (e.g. the tokenizers:
+        :meth:`optimus.tokenization.SentenceCodec.as_extra_files`).
+        """
+        return save_pretrained(folder, self, self.config.to_dict(), extra_files)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> OptimusVAE:
-        folder = Path(folder)
-        config_path = folder / CONFIG_NAME
-        if not config_path.is_file():
-            raise UserError(
-                f"'{folder}' is not a saved Optimus model (no {CONFIG_NAME}); train one with optimus-train"
-            )
-        raw = json.loads(config_path.read_text())
-        if raw.get("model_type") != "optimus":
-            raise UserError(
-                f"'{config_path}' is not an Optimus config (model_type={raw.get('model_type')!r})"
-            )
-        model = cls(OptimusConfig(**raw))
-        missing, unexpected = load_model(
-            model, str(folder / WEIGHTS_NAME), strict=False, device=str(map_location)
-        )
-        # The tied LM head and input embedding are one tensor, stored once under either name.
-        tied = {"decoder.lm_head.weight", "decoder.transformer.wte.weight"}
-        missing = [name for name in missing if name not in tied]
-        if missing or unexpected:
-            raise UserError(
-                f"weights in '{folder}' do not match its config: "
-                f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-            )
-        model.decoder.tie_weights()
+        """The model of a folder written by :meth:`save_pretrained`, on ``map_location``."""
+
+        def build(config: dict) -> OptimusVAE:
+            if config.get("model_type") != "optimus":
+                raise PretrainedError(
+                    f"'{Path(folder) / CONFIG_FILE}' is not an Optimus config "
+                    f"(model_type={config.get('model_type')!r})"
+                )
+            return cls(OptimusConfig(**config))
+
+        model, _ = load_pretrained(folder, build, device=map_location)
         return model
 
 

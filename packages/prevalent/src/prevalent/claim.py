@@ -21,8 +21,9 @@ import numpy as np
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from prevalent.finetune import DEFAULT_PRETRAINED, TASKS, FinetuneConfig, finetune
+from prevalent.finetune import DEFAULT_PRETRAINED, FinetuneConfig, finetune
 from prevalent.pretrain import PretrainConfig, pretrain
+from prevalent.tasks import TASKS
 
 METRICS = {"r2r": ("SR", "SPL"), "cvdn": ("goal_progress", "SR"), "hanna": ("SR", "SPL", "help_requests")}
 

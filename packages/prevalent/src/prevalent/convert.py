@@ -39,6 +39,7 @@ import torch
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
+from dgm_core.pretrained import WEIGHTS_FILE
 from prevalent.model.encoder import EncoderConfig
 from prevalent.model.heads import PrevalentPretrainingModel
 from prevalent.model.pretrained import save_bundle
@@ -250,7 +251,7 @@ def convert(cfg: ConvertConfig) -> int:
     if not cfg.checkpoint:
         raise UserError("--checkpoint is required")
     output = Path(cfg.output)
-    if (output / "model.safetensors").exists():
+    if (output / WEIGHTS_FILE).exists():
         raise UserError(f"{output} already holds a bundle; choose another --output (nothing was overwritten)")
     original = read_original_checkpoint(cfg.checkpoint)
     model, report = convert_state_dict(original, cfg.num_attention_heads or None, cfg.angle_feature_size)

@@ -1,7 +1,7 @@
 """``prevalent-finetune --task r2r|cvdn|hanna``: fine-tune the pretrained encoder as a navigation agent.
 
-One CLI, a task registry (:data:`TASKS`). Each task turns its files into :class:`NavEpisode`
-(instruction text, start, goal region, supervision path) and says how success is judged:
+One CLI for the tasks of the registry (:mod:`prevalent.tasks`), each read as
+:class:`~prevalent.tasks.NavEpisode` and judged by its own metrics:
 
 - ``r2r`` — follow an instruction; success within 3 m of the goal; SR/SPL/NE/TL/nDTW.
 - ``cvdn`` — navigate from the dialog history (NDH; ``--history`` as in the CVDN baselines,
@@ -21,396 +21,28 @@ bundle's vocabulary for a like-for-like baseline).
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.distributed import (
-    average_gradients,
-    broadcast_parameters,
-    get_dist_info,
-    main_process_first,
-)
+from dgm_core.runtime.distributed import average_gradients, broadcast_parameters
 from dgm_core.training import TrainingConfig, TrainingRun
-from prevalent.data.hanna import HelpResponse, load_hanna
-from prevalent.data.ndh import HISTORY_MODES, PATH_TYPES, load_ndh
-from prevalent.data.r2r import load_r2r
-from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv, FeatureStore, NavGraphs
+from prevalent.data.ndh import HISTORY_MODES, PATH_TYPES
 from prevalent.model.agent import ENCODER_TRAINING, NavigationAgent
-from prevalent.model.encoder import EncoderConfig
+from prevalent.model.encoder import EncoderConfig, size_options
 from prevalent.model.pretrained import load_bundle, read_bundle_config
-from prevalent.model.tokenizer import InstructionTokenizer
+from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
+from prevalent.render import render_episode_maps
+from prevalent.rollout import FEEDBACK, EpisodeRunner, World, baseline_predictions, data_paths, open_world
+from prevalent.tasks import TASKS, NavEpisode, Task, TaskOptions, get_task, training_texts
 
 DEFAULT_PRETRAINED = "runs/prevalent-pretrain/encoder"
-
-
-# ============================================================================== worlds
-
-
-@dataclass
-class World:
-    """Where episodes live: the data folder, its navigation graphs and its feature store."""
-
-    data_dir: Path
-    graphs: NavGraphs
-    features: FeatureStore
-    synthetic: bool
-
-    @property
-    def feature_size(self) -> int:
-        return self.features.feature_size
-
-
-def open_world(data: str, features: str, synthetic_seed: int = 0) -> World:
-    """Open ``--data``/``--features``, or the embedded synthetic worlds when ``data`` is empty.
-
-    The synthetic worlds are generated once under ``runs/prevalent-synthetic/seed<N>`` (seed
-    ``synthetic_seed``) and reused; a folder there made with another seed is an error, never
-    overwritten.
-    """
-    if not data:
-        from prevalent.data.synthetic import default_data_dir, make_synthetic_dataset
-
-        folder = default_data_dir(synthetic_seed)
-        with main_process_first():
-            if not (folder / "dataset.json").is_file() and get_dist_info().is_main:
-                make_synthetic_dataset(folder, seed=synthetic_seed)
-        manifest = json.loads((folder / "dataset.json").read_text())
-        if manifest.get("config", {}).get("seed") != synthetic_seed:
-            raise UserError(f"{folder} holds synthetic worlds of another seed; move it away or pass --data")
-        return World(folder, NavGraphs(folder / "connectivity"), FeatureStore.open(folder / "features"), True)
-    data_dir = Path(data)
-    if not data_dir.is_dir():
-        raise UserError(f"--data folder {data_dir} does not exist")
-    if not features:
-        default = data_dir / "features"
-        if not default.is_dir():
-            raise UserError(
-                f"--data {data_dir} has no features/ folder; "
-                "pass --features FILE (TSV, .npy folder or .safetensors)"
-            )
-        features = str(default)
-    return World(data_dir, NavGraphs(data_dir / "connectivity"), FeatureStore.open(features), False)
-
-
-# ============================================================================== tasks
-
-
-@dataclass
-class NavEpisode:
-    """One episode as the agent sees it, whatever the task.
-
-    ``teacher_goal`` is what the shortest-path teacher walks to (a viewpoint, or a region of which
-    the nearest counts); ``goals`` is the region success and progress are measured against.
-    """
-
-    instr_id: str
-    scan: str
-    start: str
-    heading: float
-    instruction: str
-    teacher_goal: str | tuple[str, ...]
-    goals: tuple[str, ...]
-    path: list[str] | None
-    source: object = None
-    help: list[HelpResponse] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Task:
-    """A fine-tuning task: how to read its episodes and how to judge them."""
-
-    name: str
-    description: str
-    load: Callable[[Path, str, TaskOptions], list[NavEpisode]]
-    success_radius: float
-    max_steps: int
-    allows_help: bool = False
-
-
-@dataclass(frozen=True)
-class TaskOptions:
-    history: str = "all"
-    path_type: str = "trusted"
-
-
-def _first_existing(data_dir: Path, candidates: Sequence[str], what: str) -> Path:
-    for name in candidates:
-        if (data_dir / name).is_file():
-            return data_dir / name
-    raise UserError(f"{what} not found in {data_dir} (looked for {', '.join(candidates)})")
-
-
-def _load_r2r(data_dir: Path, split: str, options: TaskOptions) -> list[NavEpisode]:
-    path = _first_existing(data_dir, [f"R2R/R2R_{split}.json", f"R2R_{split}.json"], f"R2R split {split!r}")
-    return [
-        NavEpisode(e.instr_id, e.scan, e.start, e.heading, e.instruction, e.goal, (e.goal,), e.path, e)
-        for e in load_r2r(path)
-        if e.path is not None
-    ]
-
-
-def _load_cvdn(data_dir: Path, split: str, options: TaskOptions) -> list[NavEpisode]:
-    path = _first_existing(data_dir, [f"NDH/{split}.json", f"NDH_{split}.json"], f"NDH split {split!r}")
-    episodes = []
-    for e in load_ndh(path, history=options.history, path_type=options.path_type):
-        if e.path is None or not e.end_panos:
-            continue
-        episodes.append(
-            NavEpisode(
-                e.instr_id,
-                e.scan,
-                e.start,
-                e.heading,
-                e.instruction,
-                e.path[-1],
-                tuple(e.end_panos),
-                e.path,
-                e,
-            )
-        )
-    return episodes
-
-
-def _load_hanna(data_dir: Path, split: str, options: TaskOptions) -> list[NavEpisode]:
-    path = _first_existing(data_dir, [f"HANNA/{split}.json", f"HANNA_{split}.json"], f"HANNA split {split!r}")
-    return [
-        NavEpisode(
-            e.instr_id,
-            e.scan,
-            e.start,
-            e.heading,
-            e.instruction,
-            tuple(e.goal_viewpoints),
-            tuple(e.goal_viewpoints),
-            e.path,
-            e,
-            list(e.help),
-        )
-        for e in load_hanna(path)
-    ]
-
-
-TASKS: dict[str, Task] = {
-    "r2r": Task("r2r", "Room-to-Room instruction following (in-domain)", _load_r2r, 3.0, 15),
-    "cvdn": Task("cvdn", "navigation from dialog history (NDH; out-of-domain)", _load_cvdn, 3.0, 20),
-    "hanna": Task(
-        "hanna", "find an object, asking for help (out-of-domain)", _load_hanna, 2.0, 20, allows_help=True
-    ),
-}
-
-
-def get_task(name: str) -> Task:
-    """The registered task ``name`` (a clear error listing the valid ones otherwise)."""
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
-    return TASKS[name]
-
-
-def training_texts(world: World) -> list[str]:
-    """All training-split language of the world's tasks: what the WordPiece vocabulary is learnt on."""
-    texts: list[str] = []
-    options = TaskOptions(history="all")
-    for task in TASKS.values():
-        try:
-            episodes = task.load(world.data_dir, "train", options)
-        except UserError:
-            continue  # a real-data folder may hold only some of the tasks
-        texts += [e.instruction for e in episodes]
-        texts += [h.instruction for e in episodes for h in e.help]
-    if not texts:
-        raise UserError(
-            f"no training instructions found in {world.data_dir} (R2R/, NDH/ or HANNA/ train splits)"
-        )
-    return texts
-
-
-def build_tokenizer(world: World, vocab_size: int, bert: str, cache: Path | None) -> InstructionTokenizer:
-    """The tokenizer of a fresh model: a local BERT's vocab (``--bert``), a cached one, or a new WordPiece."""
-    if bert:
-        return InstructionTokenizer.from_bert_vocab(Path(bert) / "vocab.txt")
-    if cache is not None and cache.is_file():
-        return InstructionTokenizer.load(cache)
-    tokenizer = InstructionTokenizer.train(training_texts(world), vocab_size=vocab_size)
-    if cache is not None:
-        tokenizer.save(cache)
-    return tokenizer
-
-
-# ============================================================================== rollouts
-
-FEEDBACK = ("teacher", "sample", "mixed")
-"""Training feedback: follow the teacher's action (teacher forcing), a sampled one (student
-forcing), or per episode and step either of them with equal chance (``mixed``: the agent sees its
-own mistakes yet still reaches goals often enough to learn STOP). Every step is supervised by the
-shortest-path teacher."""
-
-
-@dataclass
-class Rollout:
-    """What one batched rollout produced."""
-
-    loss: torch.Tensor
-    action_loss: torch.Tensor
-    help_loss: torch.Tensor
-    trajectories: list[dict]
-    help_used: list[int]
-    teacher_accuracy: float
-
-
-def nearest_help(episode: NavEpisode, graph, viewpoint: str) -> HelpResponse | None:
-    """The helper's answer at ``viewpoint``: the recorded sub-instruction given nearest to it."""
-    if not episode.help:
-        return None
-    return min(episode.help, key=lambda h: graph.distance(viewpoint, h.viewpoint))
-
-
-class EpisodeRunner:
-    """Runs the agent on batches of episodes in a :class:`BatchNavEnv` (training and evaluation)."""
-
-    def __init__(
-        self,
-        task: Task,
-        world: World,
-        tokenizer: InstructionTokenizer,
-        max_text_length: int,
-        angle_feature_size: int,
-        max_steps: int,
-        help_budget: int,
-        device: torch.device,
-    ):
-        self.task = task
-        self.world = world
-        self.tokenizer = tokenizer
-        self.max_text_length = max_text_length
-        self.max_steps = max_steps
-        self.help_budget = help_budget if task.allows_help else 0
-        self.device = device
-        self.env = BatchNavEnv(world.graphs, world.features, angle_feature_size)
-        self.truncated = 0
-
-    def _encode(
-        self, agent: NavigationAgent, texts: list[str], count_truncated: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer.encode_batch(texts, self.max_text_length)
-        if count_truncated:
-            self.truncated += batch.truncated
-        mask = batch.text_mask.to(self.device)
-        return agent.encode_instruction(batch.input_ids.to(self.device), mask), mask
-
-    def run(
-        self,
-        agent: NavigationAgent,
-        episodes: list[NavEpisode],
-        feedback: str,
-    ) -> Rollout:
-        """Roll ``episodes`` out.
-
-        ``feedback`` is one of :data:`FEEDBACK` (training) or ``argmax`` (evaluation). Episodes
-        still walking after ``max_steps`` stop where they are.
-        """
-        env, device = self.env, self.device
-        env.reset(
-            [e.scan for e in episodes],
-            [e.start for e in episodes],
-            [e.heading for e in episodes],
-            instr_ids=[e.instr_id for e in episodes],
-        )
-        batch = len(episodes)
-        texts = [e.instruction for e in episodes]
-        text_states, text_mask = self._encode(agent, texts)
-        goals = [e.teacher_goal for e in episodes]
-        state = agent.initial_state(batch, device)
-        previous = torch.zeros(batch, env.angle_feature_size, device=device)
-        help_left = [self.help_budget] * batch
-        help_used = [0] * batch
-        lost = [False] * batch
-        action_loss = torch.zeros((), device=device)
-        help_loss = torch.zeros((), device=device)
-        supervised = hits = 0
-        for _ in range(self.max_steps):
-            if env.all_ended:
-                break
-            if self.help_budget:
-                # Ask before moving, from the current state. Training follows the help teacher
-                # ("ask once you have left the teacher's path"), evaluation the agent's help head;
-                # the head is always trained toward the teacher's rule.
-                ended = torch.tensor([ep.ended for ep in env.episodes], device=device)
-                help_logits = agent.help_logits(state).float()
-                wanted = torch.tensor(lost, dtype=torch.float32, device=device)
-                if bool((~ended).any()):
-                    help_loss = help_loss + F.binary_cross_entropy_with_logits(
-                        help_logits[~ended], wanted[~ended], reduction="sum"
-                    )
-                wants = (help_logits > 0).tolist() if feedback == "argmax" else lost
-                asked = [b for b in range(batch) if wants[b] and help_left[b] > 0 and not bool(ended[b])]
-                for b in asked:
-                    answer = nearest_help(episodes[b], env.graph(episodes[b].scan), env.episodes[b].viewpoint)
-                    if answer is not None:
-                        # The answer goes first so truncation can only cut the (known) request.
-                        texts[b] = f"{answer.instruction} [SEP] {episodes[b].instruction}"
-                    help_left[b] -= 1
-                    help_used[b] += 1
-                if asked:
-                    text_states, text_mask = self._encode(agent, texts, count_truncated=False)
-            obs = env.observe()
-            teacher = torch.from_numpy(env.teacher_actions(goals)).to(device)
-            step = agent(
-                text_states,
-                text_mask,
-                torch.from_numpy(obs.panorama_features).to(device),
-                torch.from_numpy(obs.candidate_features[:, 1:]).to(device),
-                torch.from_numpy(obs.candidate_mask[:, 1:]).to(device),
-                previous,
-                state,
-            )
-            state = step.state
-            logits = step.action_logits.float()
-            active = teacher != IGNORE_ACTION
-            if bool(active.any()):
-                action_loss = action_loss + F.cross_entropy(
-                    logits, teacher, ignore_index=IGNORE_ACTION, reduction="sum"
-                )
-            if feedback == "teacher":
-                actions = teacher.clamp(min=STOP_ACTION)
-            elif feedback in ("sample", "mixed"):
-                actions = torch.multinomial(torch.softmax(logits.detach(), dim=-1), 1).squeeze(1)
-                if feedback == "mixed":
-                    follow = torch.rand(batch, device=device) < 0.5
-                    actions = torch.where(follow, teacher.clamp(min=STOP_ACTION), actions)
-            else:
-                actions = logits.argmax(-1)
-            supervised += int(active.sum())
-            hits += int(((actions == teacher) & active).sum())
-            actions = torch.where(active, actions, torch.zeros_like(actions))
-            lost = [
-                bool(a != t) and bool(m)
-                for a, t, m in zip(actions.tolist(), teacher.tolist(), active.tolist())
-            ]
-            chosen = torch.from_numpy(obs.candidate_features).to(device)[
-                torch.arange(batch, device=device), actions
-            ]
-            previous = chosen[:, -env.angle_feature_size :]
-            env.step(actions.cpu().numpy())
-        action_loss = action_loss / max(supervised, 1)
-        help_loss = help_loss / max(supervised, 1)
-        return Rollout(
-            loss=action_loss + help_loss,
-            action_loss=action_loss,
-            help_loss=help_loss,
-            trajectories=env.trajectories(),
-            help_used=help_used,
-            teacher_accuracy=hits / max(supervised, 1),
-        )
 
 
 # ============================================================================== evaluation
@@ -420,9 +52,7 @@ class EpisodeRunner:
 def evaluate_agent(
     agent: NavigationAgent, runner: EpisodeRunner, episodes: list[NavEpisode], batch_size: int
 ) -> tuple[dict[str, float], list[dict]]:
-    """Greedy rollouts on ``episodes``; returns (metrics from :mod:`prevalent.evaluate`, predictions)."""
-    from prevalent.evaluate import evaluate
-
+    """Greedy rollouts on ``episodes``; returns (the task's metrics, the predictions)."""
     was_training = agent.training
     agent.eval()
     predictions: list[dict] = []
@@ -432,12 +62,7 @@ def evaluate_agent(
         predictions += rollout.trajectories
         help_used += rollout.help_used
     agent.train(was_training)
-    report = evaluate(
-        runner.task.name,
-        [e.source for e in episodes],
-        runner.world.graphs,
-        {p["instr_id"]: p["trajectory"] for p in predictions},
-    )
+    report = runner.task.evaluate([e.source for e in episodes], runner.world.graphs, _by_id(predictions))
     metrics = dict(report.metrics)
     if runner.help_budget:
         metrics["help_requests"] = float(np.mean(help_used))
@@ -445,13 +70,14 @@ def evaluate_agent(
 
 
 def random_agent_metrics(task: Task, world: World, episodes: list[NavEpisode], seed: int) -> dict[str, float]:
-    """The panoramic random baseline (:func:`prevalent.evaluate.baseline_predictions`) on ``episodes``."""
-    from prevalent.evaluate import baseline_predictions, evaluate
-
+    """The panoramic random baseline (:func:`prevalent.rollout.baseline_predictions`) on ``episodes``."""
     sources = [e.source for e in episodes]
     predictions = baseline_predictions("random", sources, world.graphs, seed=seed)
-    report = evaluate(task.name, sources, world.graphs, {p["instr_id"]: p["trajectory"] for p in predictions})
-    return dict(report.metrics)
+    return dict(task.evaluate(sources, world.graphs, _by_id(predictions)).metrics)
+
+
+def _by_id(predictions: list[dict]) -> dict[str, list]:
+    return {p["instr_id"]: p["trajectory"] for p in predictions}
 
 
 # ============================================================================== the CLI
@@ -522,44 +148,45 @@ def finetune(cfg: FinetuneConfig) -> dict:
         cfg.run_dir = f"runs/prevalent-finetune-{task.name}"
     if cfg.help_budget < 0:
         raise UserError(f"--help-budget must be ≥ 0, got {cfg.help_budget}")
-    world = open_world(cfg.data, cfg.features, cfg.synthetic_seed)
-    options = TaskOptions(history=cfg.history, path_type=cfg.path_type)
-    train_episodes = task.load(world.data_dir, cfg.train_split, options)
-    eval_episodes = task.load(world.data_dir, cfg.eval_split, options)
-    if not train_episodes or not eval_episodes:
-        raise UserError(f"task {task.name}: no episodes in split {cfg.train_split!r} or {cfg.eval_split!r}")
-    run_dir = Path(cfg.run_dir)
+    data_paths(cfg.data, cfg.features)  # wrong paths are refused before the run opens
     pretrained = None if cfg.pretrained.lower() in ("", "none") else Path(cfg.pretrained)
-    if pretrained is not None:
-        encoder_config = read_bundle_config(pretrained)
-        if encoder_config.image_feature_size != world.feature_size:
-            raise UserError(
-                f"pretrained encoder {pretrained} expects "
-                f"{encoder_config.image_feature_size}-d image features, "
-                f"the feature store has {world.feature_size}"
-            )
-        tokenizer = None
-    else:
-        if cfg.tokenizer:
-            tokenizer = InstructionTokenizer.load(cfg.tokenizer)
-        else:
-            with main_process_first():
-                tokenizer = build_tokenizer(world, cfg.vocab_size, "", run_dir / "tokenizer.json")
-        encoder_config = EncoderConfig.from_options(
-            cfg,
-            vocab_size=tokenizer.vocab_size,
-            pad_token_id=tokenizer.pad_id,
-            image_feature_size=world.feature_size,
-        )
-    model_record = {"encoder": encoder_config.to_dict(), "task": task.name, "pretrained": str(pretrained)}
+    # Reading a bundle's config writes nothing: a missing bundle is refused before the run opens too.
+    bundle_config = read_bundle_config(pretrained) if pretrained is not None else None
+    model_record = _model_record(cfg, task, pretrained, bundle_config)
     with TrainingRun(cfg, model_config=model_record, name=f"prevalent-finetune-{task.name}") as run:
-        if pretrained is not None:
-            pretraining_model, tokenizer = load_bundle(pretrained, expected=encoder_config)
+        with run.main_process_first():
+            # One-time preparation: rank 0 generates missing synthetic worlds and learns the
+            # vocabulary; the other ranks then find those files and reuse them.
+            world = open_world(cfg.data, cfg.features, cfg.synthetic_seed)
+            tokenizer = _scratch_tokenizer(cfg, world, run.run_dir) if pretrained is None else None
+        options = TaskOptions(history=cfg.history, path_type=cfg.path_type)
+        train_episodes = task.load(world.data_dir, cfg.train_split, options)
+        eval_episodes = task.load(world.data_dir, cfg.eval_split, options)
+        if not train_episodes or not eval_episodes:
+            raise UserError(
+                f"task {task.name}: no episodes in split {cfg.train_split!r} or {cfg.eval_split!r}"
+            )
+        if bundle_config is not None:
+            if bundle_config.image_feature_size != world.feature_size:
+                raise UserError(
+                    f"pretrained encoder {pretrained} expects "
+                    f"{bundle_config.image_feature_size}-d image features, "
+                    f"the feature store has {world.feature_size}"
+                )
+            pretraining_model, tokenizer = load_bundle(pretrained, expected=bundle_config)
             agent = NavigationAgent.from_pretrained(pretraining_model)
             run.logger.info("encoder from %s", pretrained)
         else:
-            agent = NavigationAgent(encoder_config)
+            agent = NavigationAgent(
+                EncoderConfig.from_options(
+                    cfg,
+                    vocab_size=tokenizer.vocab_size,
+                    pad_token_id=tokenizer.pad_id,
+                    image_feature_size=world.feature_size,
+                )
+            )
             run.logger.info("encoder from scratch (no --pretrained)")
+        encoder_config = agent.config
         agent.to(run.device)
         trainable = agent.set_encoder_training(cfg.train_encoder)
         encoder_params = {id(p) for p in agent.encoder.parameters()}
@@ -623,7 +250,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 encoder_config.max_text_length,
             )
         if not last_eval:  # resumed at the final step: evaluate once more
-            last_eval, predictions = evaluate_agent(agent, runner, eval_episodes, cfg.batch_size * 2)
+            with run.precision.autocast():
+                last_eval, predictions = evaluate_agent(agent, runner, eval_episodes, cfg.batch_size * 2)
         record = {
             "task": task.name,
             "split": cfg.eval_split,
@@ -636,22 +264,47 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if run.dist.is_main:
             run.write_json("eval.json", record)
             run.write_json(f"predictions_{cfg.eval_split}.json", predictions)
-            _render(run, task, world, eval_episodes, predictions, cfg.render_episodes)
+            _render(run, world, eval_episodes, predictions, cfg.render_episodes)
             print(f"prevalent-finetune {task.name}: {cfg.eval_split} {_fmt(last_eval)}")
             print(f"prevalent-finetune {task.name}: random agent {_fmt(random_metrics)}")
     return record
 
 
+def _model_record(
+    cfg: FinetuneConfig, task: Task, pretrained: Path | None, bundle_config: EncoderConfig | None
+) -> dict:
+    """What a checkpoint of this run must match to be resumed.
+
+    A pretrained encoder is fixed by its bundle's config. A fresh one is fixed by the size options
+    and where its vocabulary comes from; its vocabulary size and image-feature width follow from
+    files prepared inside the run (``tokenizer.json``, kept in the run, and the feature store).
+    """
+    if bundle_config is not None:
+        return {"encoder": bundle_config.to_dict(), "task": task.name, "pretrained": str(pretrained)}
+    return {
+        "encoder": size_options(cfg),
+        "vocabulary": cfg.tokenizer or f"WordPiece of at most {cfg.vocab_size} tokens",
+        "task": task.name,
+        "pretrained": str(pretrained),
+    }
+
+
+def _scratch_tokenizer(cfg: FinetuneConfig, world: World, run_dir: Path) -> InstructionTokenizer:
+    """``--tokenizer``'s vocabulary, or the run's own WordPiece one (learnt once, kept in the run)."""
+    if cfg.tokenizer:
+        return InstructionTokenizer.load(cfg.tokenizer)
+    return build_tokenizer(
+        lambda: training_texts(world.data_dir), cfg.vocab_size, cache=run_dir / "tokenizer.json"
+    )
+
+
 def _render(
-    run: TrainingRun, task: Task, world: World, episodes: list[NavEpisode], predictions, count: int
+    run: TrainingRun, world: World, episodes: list[NavEpisode], predictions: list[dict], count: int
 ) -> None:
     if count <= 0:
         return
-    from prevalent.render import render_episode_maps
-
-    by_id = {p["instr_id"]: p["trajectory"] for p in predictions}
     render_episode_maps(
-        [e.source for e in episodes[:count]], world.graphs, by_id, run.samples_dir / "episodes"
+        [e.source for e in episodes[:count]], world.graphs, _by_id(predictions), run.samples_dir / "episodes"
     )
 
 

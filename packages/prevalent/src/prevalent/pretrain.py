@@ -24,15 +24,17 @@ import torch
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
-from dgm_core.runtime.distributed import main_process_first
+from dgm_core.runtime.schedules import warmup_linear_decay
 from dgm_core.training import TrainingConfig, TrainingRun
-from prevalent.env import BatchNavEnv, FeatureStore, NavGraphs
-from prevalent.finetune import NavEpisode, TaskOptions, World, build_tokenizer, get_task, open_world
-from prevalent.model.encoder import EncoderConfig
+from prevalent.data.synthetic import SyntheticConfig
+from prevalent.env import BatchNavEnv
+from prevalent.model.encoder import EncoderConfig, size_options
 from prevalent.model.heads import IGNORE_INDEX, PrevalentPretrainingModel
 from prevalent.model.masking import MaskingRule, mask_tokens
 from prevalent.model.pretrained import save_bundle
-from prevalent.model.tokenizer import InstructionTokenizer
+from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
+from prevalent.rollout import World, data_paths, open_world, synthetic_world
+from prevalent.tasks import NavEpisode, TaskOptions, get_task, training_texts
 
 
 @dataclass(frozen=True)
@@ -235,40 +237,61 @@ class PretrainConfig(TrainingConfig):
     eval_triplets: int = option(512, help="Held-out triplets to evaluate on (the first N, fixed).")
 
 
-def _pretraining_world(cfg: PretrainConfig) -> World:
-    if cfg.data or cfg.augment <= 1:
-        return open_world(cfg.data, cfg.features, cfg.synthetic_seed)
-    # The same houses and features as the fine-tuning world (same seed), many more paths per house.
-    from prevalent.data.synthetic import SyntheticConfig, make_synthetic_dataset
+def _open_worlds(cfg: PretrainConfig) -> tuple[World, World]:
+    """(the world the triplets come from, the world whose training language the vocabulary is learnt on).
 
-    base = open_world("", "", cfg.synthetic_seed)  # makes sure the fine-tuning world exists
-    folder = base.data_dir.parent / f"seed{cfg.synthetic_seed}-augment{cfg.augment}"
-    with main_process_first():
-        if not (folder / "dataset.json").is_file():
-            make_synthetic_dataset(
-                folder, seed=cfg.synthetic_seed, paths_per_house=SyntheticConfig.paths_per_house * cfg.augment
-            )
-    return World(folder, NavGraphs(folder / "connectivity"), FeatureStore.open(folder / "features"), True)
+    With ``--data`` both are that folder. The synthetic default learns the vocabulary in the
+    fine-tuning world and, with ``--augment N``, draws triplets from a world of the same houses and
+    features (same seed) with N times as many paths per house.
+    """
+    world = open_world(cfg.data, cfg.features, cfg.synthetic_seed)
+    if cfg.data or cfg.augment <= 1:
+        return world, world
+    augmented = synthetic_world(
+        world.data_dir.parent / f"seed{cfg.synthetic_seed}-augment{cfg.augment}",
+        cfg.synthetic_seed,
+        paths_per_house=SyntheticConfig.paths_per_house * cfg.augment,
+    )
+    return augmented, world
+
+
+def _model_record(cfg: PretrainConfig) -> dict:
+    """What a checkpoint of this run must match to be resumed: the size options and where the
+    vocabulary comes from. Its size and the image-feature width follow from files prepared inside
+    the run (``tokenizer.json``, kept in the run, and the feature store); the bundle's config.json
+    holds the complete :class:`EncoderConfig`."""
+    return {
+        "encoder": size_options(cfg),
+        "vocabulary": f"BERT {cfg.bert}" if cfg.bert else f"WordPiece of at most {cfg.vocab_size} tokens",
+    }
 
 
 def pretrain(cfg: PretrainConfig) -> int:
-    world = _pretraining_world(cfg)
+    data_paths(cfg.data, cfg.features)  # wrong paths are refused before the run opens
+    if cfg.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be ≥ 0, got {cfg.warmup_steps}")
     r2r = get_task("r2r")
-    train_episodes = r2r.load(world.data_dir, cfg.train_split, TaskOptions())
-    eval_episodes = r2r.load(world.data_dir, cfg.eval_split, TaskOptions())
-    run_dir = Path(cfg.run_dir)
-    with main_process_first():
-        # The vocabulary comes from the fine-tuning world's training language (all tasks); it is
-        # saved in the run and the bundle, and a from-scratch baseline can reuse it (--tokenizer).
-        vocab_world = world if cfg.data else open_world("", "", cfg.synthetic_seed)
-        tokenizer = build_tokenizer(vocab_world, cfg.vocab_size, cfg.bert, run_dir / "tokenizer.json")
-    encoder_config = EncoderConfig.from_options(
-        cfg,
-        vocab_size=tokenizer.vocab_size,
-        pad_token_id=tokenizer.pad_id,
-        image_feature_size=world.feature_size,
-    )
-    with TrainingRun(cfg, model_config=encoder_config.to_dict(), name="prevalent-pretrain") as run:
+    with TrainingRun(cfg, model_config=_model_record(cfg), name="prevalent-pretrain") as run:
+        with run.main_process_first():
+            # One-time preparation: rank 0 generates missing synthetic worlds and learns the
+            # vocabulary; the other ranks then find those files and reuse them. The vocabulary comes
+            # from the fine-tuning world's training language (all tasks); it is kept in the run and
+            # the bundle, and a from-scratch baseline can reuse it (prevalent-finetune --tokenizer).
+            world, vocabulary_world = _open_worlds(cfg)
+            tokenizer = build_tokenizer(
+                lambda: training_texts(vocabulary_world.data_dir),
+                cfg.vocab_size,
+                cfg.bert,
+                run.run_dir / "tokenizer.json",
+            )
+        train_episodes = r2r.load(world.data_dir, cfg.train_split, TaskOptions())
+        eval_episodes = r2r.load(world.data_dir, cfg.eval_split, TaskOptions())
+        encoder_config = EncoderConfig.from_options(
+            cfg,
+            vocab_size=tokenizer.vocab_size,
+            pad_token_id=tokenizer.pad_id,
+            image_feature_size=world.feature_size,
+        )
         rule = MaskingRule(
             tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids, cfg.mask_probability
         )
@@ -304,7 +327,7 @@ def pretrain(cfg: PretrainConfig) -> int:
             init_text_stream_from_bert(model, cfg.bert)
         model.to(run.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_linear(cfg.warmup_steps, cfg.steps))
+        scheduler = warmup_linear_decay(optimizer, cfg.warmup_steps, cfg.steps)
         run.track(models={"model": model}, optimizers={"model": optimizer}, schedulers={"model": scheduler})
         start = run.resume()
         ddp_model = run.wrap(model)
@@ -337,8 +360,11 @@ def pretrain(cfg: PretrainConfig) -> int:
                 run.log(step, metrics, reduce=False)
                 run.logger.info("step %d held-out %s", step, _fmt(metrics))
         if run.dist.is_main:
-            bundle = save_bundle(run_dir / "encoder", model, tokenizer, extra={"pretrain_steps": cfg.steps})
-            final = evaluate(model, heldout, cfg.batch_size * 2, run.device, seed=cfg.seed)
+            bundle = save_bundle(
+                run.run_dir / "encoder", model, tokenizer, extra={"pretrain_steps": cfg.steps}
+            )
+            with run.precision.autocast():
+                final = evaluate(model, heldout, cfg.batch_size * 2, run.device, seed=cfg.seed)
             run.write_json("eval.json", {"split": cfg.eval_split, "step": cfg.steps, **final})
             print(f"prevalent-pretrain: held-out {_fmt(final)}; encoder bundle at {bundle}")
     return 0
@@ -346,15 +372,6 @@ def pretrain(cfg: PretrainConfig) -> int:
 
 def _fmt(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k.removeprefix('eval_')} {v:.3f}" for k, v in metrics.items())
-
-
-def _warmup_linear(warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        return max(0.0, (total - step) / max(total - warmup, 1))
-
-    return factor
 
 
 def init_text_stream_from_bert(model: PrevalentPretrainingModel, bert_dir: str) -> None:

@@ -53,6 +53,34 @@ class BasicConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.bn(self.conv(x)))
 
+    @torch.no_grad()
+    def fold_batch_norm(self) -> None:
+        """Fold the (frozen, eval-mode) batch norm into the convolution: one op instead of two.
+
+        ``bn(conv(x)) = γ (W x - μ) / sqrt(σ² + ε) + β = (s W) x + (β - s μ)`` with
+        ``s = γ / sqrt(σ² + ε)``; computed in float64, so the folded layer differs from the pair
+        only by float32 rounding.
+        """
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn = self.bn
+        scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
+        weight = self.conv.weight.double() * scale.view(-1, 1, 1, 1)
+        bias = bn.bias.double() - scale * bn.running_mean.double()
+        conv = self.conv
+        folded = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            bias=True,
+        ).to(device=conv.weight.device)
+        folded.weight.copy_(weight.to(conv.weight.dtype))
+        folded.bias.copy_(bias.to(conv.weight.dtype))
+        folded.requires_grad_(conv.weight.requires_grad)
+        self.conv, self.bn = folded, nn.Identity()
+
 
 def _tf_average_pool(x: torch.Tensor) -> torch.Tensor:
     # TensorFlow's SAME average pooling divides by the number of real (unpadded) inputs.
@@ -220,6 +248,28 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7c = FIDInceptionE(2048, pool="max")
         self.fc = nn.Linear(POOL_FEATURES_DIM, NUM_CLASSES)
 
+    def optimize_for_inference(self, channels_last: bool = True) -> FIDInceptionV3:
+        """Fold every batch norm into its convolution and (CPU/CUDA) use channels-last layout.
+
+        For feature extraction only (the model is put in eval mode and stays there): features
+        equal the unfolded network's to float32 rounding (tested to 1e-5), and it runs faster
+        (see the metrics benchmark). The state dict no longer has the reference's ``bn`` keys,
+        so load the weights first.
+        """
+        self.eval()
+        for module in self.modules():
+            if isinstance(module, BasicConv2d):
+                module.fold_batch_norm()
+        self._channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        return self
+
+    def train(self, mode: bool = True) -> FIDInceptionV3:
+        if mode and getattr(self, "_channels_last", None) is not None:
+            raise RuntimeError("an Inception optimized for inference (batch norm folded) cannot be trained")
+        return super().train(mode)
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 → [0, 1]; range check; resize to 299²; [0, 1] → [-1, 1] (per the flags)."""
         if images.ndim != 4 or images.shape[1] != 3:
@@ -243,6 +293,8 @@ class FIDInceptionV3(nn.Module):
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         if self.normalize_input:
             images = 2.0 * images - 1.0
+        if getattr(self, "_channels_last", False):
+            images = images.contiguous(memory_format=torch.channels_last)
         return images
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,6 +380,7 @@ def load_fid_inception(
     path: str | os.PathLike | None = None,
     device: torch.device | str | None = None,
     classifier_bias: bool = False,
+    optimize: bool = True,
 ) -> FIDInceptionV3:
     """The FID Inception with pytorch-fid's ``pt_inception-2015-12-05`` weights, in eval mode, frozen.
 
@@ -337,6 +390,8 @@ def load_fid_inception(
             torch-fidelity's copy of the same file beside it.
         device: where to put the model (CPU by default).
         classifier_bias: see :class:`FIDInceptionV3`.
+        optimize: fold batch norms and use channels-last (:meth:`FIDInceptionV3.optimize_for_inference`);
+            features equal the reference network's to float32 rounding.
 
     Raises:
         UserError: no file (the message says which file, where to put it and the alternative),
@@ -354,7 +409,8 @@ def load_fid_inception(
     state = _check_state_dict(model, _read_state_dict(found), found)
     model.load_state_dict(state, strict=False)
     model.requires_grad_(False)
-    return model.eval().to(device if device is not None else "cpu")
+    model = model.eval().to(device if device is not None else "cpu")
+    return model.optimize_for_inference() if optimize else model
 
 
 def _image_batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterator[torch.Tensor]:

@@ -141,9 +141,13 @@ def main_process_first() -> Iterator[None]:
     main = is_main_process()
     if not main:
         wait_for_everyone()
-    yield
-    if main:
-        wait_for_everyone()
+    try:
+        yield
+    finally:
+        # Also when rank 0's block fails: the others then go on and fail on their own, instead
+        # of waiting at the barrier until the process-group timeout.
+        if main:
+            wait_for_everyone()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -118,6 +118,7 @@ class TrainingRun:
         )
         self.dist, self.device = init_distributed(cfg.device)
         seed_everything(cfg.seed, rank=self.dist.rank, deterministic=cfg.deterministic)
+        torch.use_deterministic_algorithms(cfg.deterministic)  # both ways: no leak between runs
         self.precision = Precision(cfg.precision, self.device)
         if cfg.steps < 1:
             raise UserError(f"steps must be at least 1, got {cfg.steps}")

@@ -33,6 +33,24 @@ from transformers.models.bert.modeling_bert import (
     BertPooler,
 )
 
+#: The encoder sizes a CLI's options set (pretrain and finetune share the option names); the others
+#: follow from the tokenizer (vocab_size, pad_token_id) and the feature store (image_feature_size).
+SIZE_OPTIONS = (
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "text_layers",
+    "cross_layers",
+    "angle_feature_size",
+    "max_text_length",
+    "dropout",
+)
+
+
+def size_options(options: object) -> dict:
+    """The values of :data:`SIZE_OPTIONS` in a CLI's options."""
+    return {name: getattr(options, name) for name in SIZE_OPTIONS}
+
 
 @dataclass
 class EncoderConfig:
@@ -76,16 +94,9 @@ class EncoderConfig:
         """The config a CLI's size options describe (pretrain and finetune share the option names)."""
         return cls(
             vocab_size=vocab_size,
-            hidden_size=options.hidden_size,
-            num_attention_heads=options.num_attention_heads,
-            intermediate_size=options.intermediate_size,
-            text_layers=options.text_layers,
-            cross_layers=options.cross_layers,
-            image_feature_size=image_feature_size,
-            angle_feature_size=options.angle_feature_size,
-            max_text_length=options.max_text_length,
-            dropout=options.dropout,
             pad_token_id=pad_token_id,
+            image_feature_size=image_feature_size,
+            **size_options(options),
         )
 
     @property

@@ -1,30 +1,31 @@
 """The pretrained-encoder bundle: what ``prevalent-pretrain`` and ``prevalent-convert`` write and
 ``prevalent-finetune`` reads.
 
-A bundle is a directory::
+A bundle is a dgm-core model folder (:mod:`dgm_core.pretrained`)::
 
+    config.json         {"format": "prevalent-encoder", "version": 1, "encoder": {EncoderConfig}, ...}
     model.safetensors   PrevalentPretrainingModel weights (encoder.*, mlm_head.*, action_head.*)
-    config.json         {"format": "prevalent-encoder", "version": 1, "encoder": {EncoderConfig}}
     tokenizer.json      the WordPiece tokenizer the embeddings were trained with
 
-Everything needed to rebuild the model sits beside the weights, so a bundle alone is enough.
+Everything needed to rebuild the model sits beside the weights, so a bundle alone is enough. An
+export is atomic: it is built beside the destination and replaces an earlier bundle there in one
+step, so a failed export leaves the earlier bundle as it was.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import Any
 
 from dgm_core.errors import UserError
+from dgm_core.pretrained import CONFIG_FILE, load_pretrained, read_pretrained_config, save_pretrained
 from prevalent.model.encoder import EncoderConfig
 from prevalent.model.heads import PrevalentPretrainingModel
 from prevalent.model.tokenizer import InstructionTokenizer
 
 BUNDLE_FORMAT = "prevalent-encoder"
 BUNDLE_VERSION = 1
+TOKENIZER_FILE = "tokenizer.json"
 
 
 def save_bundle(
@@ -33,33 +34,18 @@ def save_bundle(
     tokenizer: InstructionTokenizer | None,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``model`` (and ``tokenizer``) as a bundle; returns the directory."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "encoder": model.config.to_dict()}
-    if extra:
-        meta.update(extra)
-    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save(directory / "tokenizer.json")
-    return directory
+    """Export ``model`` (and ``tokenizer``) as a bundle, ``extra`` keys added to its config; returns it."""
+    config = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "encoder": model.config.to_dict()}
+    config.update(extra or {})
+    extra_files = {TOKENIZER_FILE: tokenizer.save} if tokenizer is not None else None
+    return save_pretrained(directory, model, config, extra_files=extra_files)
 
 
 def read_bundle_config(directory: str | Path) -> EncoderConfig:
     """The :class:`EncoderConfig` stored in a bundle (clear errors for a missing or foreign one)."""
     directory = Path(directory)
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise UserError(
-            f"no pretrained encoder at {directory} (config.json missing); run prevalent-pretrain "
-            "first or pass --pretrained none"
-        )
-    meta = json.loads(config_file.read_text())
-    if meta.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"{config_file} is not a PREVALENT encoder bundle (format {meta.get('format')!r})")
-    return EncoderConfig.from_dict(meta["encoder"])
+    _require_bundle(directory)
+    return _encoder_config(read_pretrained_config(directory), directory)
 
 
 def load_bundle(
@@ -71,12 +57,33 @@ def load_bundle(
     naming the fields that differ.
     """
     directory = Path(directory)
-    config = read_bundle_config(directory)
-    if expected is not None:
-        check_same_size(expected, config, source=str(directory))
-    model = PrevalentPretrainingModel(config)
-    load_weights(model, directory / "model.safetensors")
-    return model, InstructionTokenizer.load(directory / "tokenizer.json")
+    _require_bundle(directory)
+
+    def build(config: dict[str, Any]) -> PrevalentPretrainingModel:
+        encoder_config = _encoder_config(config, directory)
+        if expected is not None:
+            check_same_size(expected, encoder_config, source=str(directory))
+        return PrevalentPretrainingModel(encoder_config)
+
+    model, _ = load_pretrained(directory, build)
+    return model, InstructionTokenizer.load(directory / TOKENIZER_FILE)
+
+
+def _require_bundle(directory: Path) -> None:
+    # The usual mistake is fine-tuning before pretraining: say what to do about it.
+    if not (directory / CONFIG_FILE).is_file():
+        raise UserError(
+            f"no pretrained encoder at {directory} ({CONFIG_FILE} missing); run prevalent-pretrain "
+            "first or pass --pretrained none"
+        )
+
+
+def _encoder_config(config: dict[str, Any], directory: Path) -> EncoderConfig:
+    if config.get("format") != BUNDLE_FORMAT:
+        raise UserError(
+            f"{directory / CONFIG_FILE} is not a PREVALENT encoder bundle (format {config.get('format')!r})"
+        )
+    return EncoderConfig.from_dict(config["encoder"])
 
 
 SIZE_FIELDS = (
@@ -101,25 +108,3 @@ def check_same_size(expected: EncoderConfig, found: EncoderConfig, source: str) 
     ]
     if diffs:
         raise UserError(f"checkpoint {source} is from another encoder size: " + ", ".join(diffs))
-
-
-def load_weights(model: torch.nn.Module, weights_file: str | Path) -> None:
-    """Strictly load a safetensors file into ``model``; shape mismatches are a :class:`UserError`."""
-    weights_file = Path(weights_file)
-    if not weights_file.is_file():
-        raise UserError(f"weights file not found: {weights_file}")
-    state = load_file(str(weights_file))
-    own = model.state_dict()
-    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if wrong:
-        k = wrong[0]
-        raise UserError(
-            f"{weights_file} is from another encoder size: {k} has shape {tuple(state[k].shape)}, "
-            f"this model expects {tuple(own[k].shape)} ({len(wrong)} tensors differ)"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(
-            f"{weights_file} does not match this model: {len(missing)} missing tensors "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )

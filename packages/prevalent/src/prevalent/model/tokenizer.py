@@ -8,7 +8,7 @@ checkpoint (``vocab.txt``) is used instead, so its embeddings line up.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,3 +137,22 @@ class InstructionTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def build_tokenizer(
+    texts: Callable[[], Iterable[str]], vocab_size: int, bert: str = "", cache: Path | None = None
+) -> InstructionTokenizer:
+    """A fresh model's tokenizer: a local BERT's vocab (``bert``), the one in ``cache``, or a new WordPiece.
+
+    A new WordPiece vocabulary is learnt on ``texts()`` (called only then) and saved to ``cache``.
+    Training breaks ties in a run-dependent order, so whoever finds ``cache`` reuses it instead of
+    retraining (a resumed run, the other ranks of a distributed one).
+    """
+    if bert:
+        return InstructionTokenizer.from_bert_vocab(Path(bert) / "vocab.txt")
+    if cache is not None and cache.is_file():
+        return InstructionTokenizer.load(cache)
+    tokenizer = InstructionTokenizer.train(texts(), vocab_size=vocab_size)
+    if cache is not None:
+        tokenizer.save(cache)
+    return tokenizer
