@@ -248,7 +248,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks, side by side with the named peers (installed here only); never part of the default run."""
     _prepare(session)
     _install_packages(session, PACKAGES)
-    session.install("vector-quantize-pytorch")
+    session.install("vector-quantize-pytorch", *FID_REFERENCE)
     # `nox -s bench -- quantization metrics` runs only the scripts whose names contain those words.
     wanted = session.posargs
     for package in PACKAGES:

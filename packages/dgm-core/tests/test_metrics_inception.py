@@ -103,6 +103,44 @@ def test_outputs_equal_pytorch_fid_network_when_installed(inception, monkeypatch
         )
 
 
+def test_optimized_network_gives_the_reference_features(inception):
+    import copy
+
+    optimized = copy.deepcopy(inception).optimize_for_inference(freeze=True)
+    folded = copy.deepcopy(inception).optimize_for_inference()  # the default: no frozen graph
+    images = torch.rand(3, 3, 48, 40)
+    with torch.no_grad():
+        reference, _ = inception(images)
+        frozen, _ = optimized(images)  # traced and frozen on first use
+        again, _ = optimized(images[:2])  # another batch size through the same frozen graph
+        default, _ = folded(images)
+    assert optimized._frozen and not folded._frozen
+    torch.testing.assert_close(default, reference, rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    torch.testing.assert_close(frozen, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again, reference[:2], rtol=1e-5, atol=1e-5)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16, _ = optimized(images)  # eager modules under autocast
+    torch.testing.assert_close(bf16.float(), reference, rtol=0.1, atol=0.1)
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        optimized.train()
+
+
+def test_optimized_network_equals_pytorch_fid_when_installed(inception, monkeypatch):
+    import copy
+
+    pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
+    state = inception.state_dict()
+    monkeypatch.setattr(pytorch_fid_inception, "load_state_dict_from_url", lambda *a, **k: dict(state))
+    reference = pytorch_fid_inception.InceptionV3([3]).eval()
+    optimized = copy.deepcopy(inception).optimize_for_inference()
+    images = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            optimized(images)[0], reference(images)[0].flatten(1), rtol=1e-5, atol=1e-5
+        )
+
+
 def _capture_pool_branch_input(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     captured = {}
     handle = block.branch_pool.register_forward_pre_hook(lambda module, args: captured.update(x=args[0]))
@@ -162,7 +200,7 @@ def test_loads_an_explicit_path_without_batchnorm_counters_and_safetensors(incep
         {k: v.contiguous() for k, v in old_style.items()}, str(tmp_path / "w.safetensors")
     )
     for name in ("old.pth", "w.safetensors"):
-        loaded = load_fid_inception(tmp_path / name)
+        loaded = load_fid_inception(tmp_path / name, optimize=False)  # keeps the bn modules
         torch.testing.assert_close(loaded.fc.weight, inception.fc.weight)
         torch.testing.assert_close(
             loaded.Mixed_7c.branch_pool.bn.running_var, inception.Mixed_7c.branch_pool.bn.running_var
