@@ -76,7 +76,8 @@ def bench_d_step(args, device: torch.device) -> dict[str, float]:
 
         def step(discriminator=discriminator, optimizer=optimizer):
             scores = discriminator(images, labels)
-            loss = discriminator_loss("hinge", scores[:n], scores[n:]) + discriminator.pop_fq_loss()
+            fq_loss = discriminator.pop_fq_loss(batch_parts=(n, n))
+            loss = discriminator_loss("hinge", scores[:n], scores[n:]) + fq_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -101,7 +102,8 @@ def bench_train_step(args, device: torch.device) -> float:
             with torch.no_grad():
                 fake = generator(torch.randn(n, 128, device=device), y)
             scores = discriminator(torch.cat([real, fake]), torch.cat([y, y]))
-            loss = discriminator_loss("hinge", scores[:n], scores[n:]) + discriminator.pop_fq_loss()
+            fq_loss = discriminator.pop_fq_loss(batch_parts=(n, n))
+            loss = discriminator_loss("hinge", scores[:n], scores[n:]) + fq_loss
             opt_d.zero_grad(set_to_none=True)
             loss.backward()
             opt_d.step()

@@ -41,6 +41,33 @@ def test_two_process_training_keeps_identical_dictionaries_on_both_ranks(tmp_pat
     assert (tmp_path / "run" / "checkpoints" / "step_000002" / "model.safetensors").is_file()
 
 
+def _train_with_fid_on_one_rank(rank: int, world_size: int, run_dir: str, cache: str):
+    torch.set_num_threads(1)
+    from fqgan.train import TrainConfig, train
+
+    options = {
+        "device": "cpu", "run_dir": run_dir, "steps": 2, "batch_size": 8, "num_images": 64, "g_ch": 4,
+        "d_ch": 4, "z_dim": 16, "fq_codebook_size": 16, "d_steps": 1, "progress": False, "log_every": 1,
+        "fid_every": 1, "fid_samples": 160, "fid_real_images": 256, "classifier_cache": cache,
+        "classifier_steps": 20, "classifier_images": 256,
+    }  # fmt: skip
+    result = train(config_from_dict(TrainConfig, options))
+    return result.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*singular:RuntimeWarning")
+def test_two_process_training_with_fid_every_measures_on_rank_0_and_agrees_on_best(tmp_path):
+    run_dir = tmp_path / "run"
+    metrics = run_distributed(_train_with_fid_on_one_rank, 2, str(run_dir), str(tmp_path / "cache"))
+    # Rank 0 measured, every rank logged the broadcast value.
+    assert metrics[0]["factor_fd"] == metrics[1]["factor_fd"] > 0
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    measured = {r["step"]: r["factor_fd"] for r in logged}
+    best = json.loads((run_dir / "checkpoints" / "best" / "config.json").read_text())["best"]
+    assert best["value"] == min(measured.values()) and measured[best["step"]] == best["value"]
+
+
 def _script(name: str) -> str:
     path = os.path.join(os.path.dirname(sys.executable), name)
     if not os.path.exists(path):

@@ -131,3 +131,47 @@ def test_bad_fq_layer_index_is_a_clear_error():
 
 def test_pop_fq_loss_of_no_quantizers_is_zero():
     assert pop_fq_loss([]).item() == 0.0
+
+
+def _commitment_per_sample(features: torch.Tensor, codebook: torch.Tensor, beta: float) -> torch.Tensor:
+    """β · mean over a sample's elements of (nearest codeword − feature)², by brute force."""
+    return beta * (_nearest_rows(features, codebook) - features).pow(2).flatten(1).mean(dim=1)
+
+
+def test_batch_parts_give_the_mean_of_each_part_summed_as_the_reference_d_loss():
+    # FQ-GAN's D loss adds quant_loss_real.mean() + quant_loss_fake.mean(): with real and fake in one
+    # call, the term is the sum of the two part means — not the mean over the concatenated batch.
+    torch.manual_seed(6)
+    fq = FeatureQuantizer(dim=4, codebook_size=8, commitment_weight=1.5).eval()
+    real = torch.randn(3, 4, 2, 2) * 3 + 2  # far from the N(0, 1) dictionary: large commitment
+    fake = torch.randn(5, 4, 2, 2) * 0.3  # near it: small commitment
+    fq(torch.cat([real, fake]))
+    loss = fq.pop_loss(batch_parts=(3, 5))
+    real_mean = _commitment_per_sample(real, fq.codebook, 1.5).mean()
+    fake_mean = _commitment_per_sample(fake, fq.codebook, 1.5).mean()
+    torch.testing.assert_close(loss, real_mean + fake_mean, rtol=1e-5, atol=1e-6)
+    # Without parts: the mean over all eight samples, as before.
+    fq(torch.cat([real, fake]))
+    overall = torch.cat([_commitment_per_sample(x, fq.codebook, 1.5) for x in (real, fake)]).mean()
+    torch.testing.assert_close(fq.pop_loss(), overall, rtol=1e-5, atol=1e-6)
+
+
+def test_discriminator_pop_fq_loss_takes_batch_parts_per_block_and_rejects_wrong_ones():
+    torch.manual_seed(7)
+    d = DCGANDiscriminator(resolution=16, ch=4)
+    d.enable_feature_quantization("0,2", codebook_size=8, commitment_weight=0.5)
+    d.eval()  # frozen dictionaries: the reference below reads them after the call
+    real, fake = torch.randn(2, 3, 16, 16) + 1, torch.randn(4, 3, 16, 16)
+    features = {}
+    for index in (0, 2):
+        d.blocks[index].register_forward_hook(lambda m, i, o, index=index: features.setdefault(index, o))
+    d(torch.cat([real, fake]))
+    expected = sum(
+        _commitment_per_sample(features[i][:2], d.fq[str(i)].codebook, 0.5).mean()
+        + _commitment_per_sample(features[i][2:], d.fq[str(i)].codebook, 0.5).mean()
+        for i in (0, 2)
+    )
+    torch.testing.assert_close(d.pop_fq_loss(batch_parts=(2, 4)), expected, rtol=1e-5, atol=1e-6)
+    d(torch.cat([real, fake]))
+    with pytest.raises(ValueError, match="do not cut a batch of 6"):
+        d.pop_fq_loss(batch_parts=(3, 4))

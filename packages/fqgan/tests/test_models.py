@@ -110,3 +110,69 @@ def test_fq_layer_that_does_not_exist_is_a_clear_error():
                 "fq_layers": "4",
             }
         )
+
+
+# BigGAN-PyTorch's architecture tables (BigGAN.py, G_arch / D_arch; FQ-BigGAN trains the same), as
+# (out channels in units of ch, output side in pixels) per block. G starts from a 4×4 map of
+# in_channels[0]·ch channels and every G block doubles the side; D blocks average-pool by 2 where
+# `downsample` is True: 32 → [True, True, False, False], 64 → [True] * 4 + [False].
+BIGGAN_G_BLOCKS = {
+    32: [(4, 8), (4, 16), (4, 32)],
+    64: [(16, 8), (8, 16), (4, 32), (2, 64)],
+}
+BIGGAN_G_INPUT = {32: 4, 64: 16}  # in_channels[0]
+BIGGAN_D_BLOCKS = {
+    32: [(4, 16), (4, 8), (4, 8), (4, 8)],
+    64: [(1, 32), (2, 16), (4, 8), (8, 4), (16, 4)],
+}
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_biggan_block_shapes_follow_the_biggan_pytorch_tables(resolution):
+    ch, n = 2, 2
+    torch.manual_seed(0)
+    g = BigGANGenerator(resolution=resolution, ch=ch, z_dim=8, num_classes=3)
+    d = BigGANDiscriminator(resolution=resolution, ch=ch, num_classes=3)
+    shapes = {"g": [], "d": []}
+    for name, model in (("g", g), ("d", d)):
+        for block in model.blocks:
+            block.register_forward_hook(lambda m, i, o, name=name: shapes[name].append(tuple(o.shape)))
+    y = torch.tensor([0, 2])
+    with torch.no_grad():
+        base = g.linear(torch.randn(n, 8)).view(n, -1, 4, 4)
+        images = g(torch.randn(n, 8), y)
+        d(images, y)
+    assert base.shape[1] == BIGGAN_G_INPUT[resolution] * ch
+    assert shapes["g"] == [(n, c * ch, side, side) for c, side in BIGGAN_G_BLOCKS[resolution]]
+    assert shapes["d"] == [(n, c * ch, side, side) for c, side in BIGGAN_D_BLOCKS[resolution]]
+    assert d.block_channels == [c * ch for c, _ in BIGGAN_D_BLOCKS[resolution]]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"arch": "biggan", "resolution": 32, "num_classes": 5},
+        {"arch": "biggan", "resolution": 64, "num_classes": 5, "attention": 32},
+        {"arch": "dcgan", "resolution": 32, "num_classes": 5},
+    ],
+    ids=["biggan32", "biggan64", "dcgan32"],
+)
+def test_fresh_models_are_spectrally_normalised_in_eval_mode_without_a_training_forward(config):
+    # Eval-mode forwards never run the power iteration: the stored singular vectors must already
+    # describe the initialised weights, so every normalised weight has top singular value 1.
+    torch.manual_seed(3)
+    generator, discriminator = build_models({"g_ch": 8, "d_ch": 8, "z_dim": 16, **config})
+    checked = 0
+    for model in (generator.eval(), discriminator.eval()):
+        for module in model.modules():
+            if hasattr(module, "parametrizations") and "weight" in module.parametrizations:
+                normalised = module.weight.detach()  # eval mode: W / (uᵀ W v) with the stored u, v
+                top = torch.linalg.matrix_norm(normalised.flatten(1), ord=2)
+                assert top.item() == pytest.approx(1.0, abs=1e-4), type(module).__name__
+                checked += 1
+    assert checked >= 9
+    # ... and the outputs of a fresh D are of ordinary size (not blown up by 1/σ of stale vectors).
+    x = torch.rand(4, 3, config["resolution"], config["resolution"]) * 2 - 1
+    with torch.no_grad():
+        scores = discriminator(x, torch.tensor([0, 1, 2, 3]))
+    assert scores.abs().max() < 10

@@ -205,3 +205,106 @@ def test_mixture_quality_on_true_collapsed_and_off_mode_samples():
 def test_truncated_noise_stays_inside_the_threshold():
     z = truncated_noise(500, 8, 0.5, torch.Generator().manual_seed(0))
     assert z.abs().max() <= 0.5 and z.std() > 0.2
+
+
+class _TinyExtractor(torch.nn.Module):
+    """A stand-in for the FID Inception: [0, 1] images → (16-d features, 10 class logits)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(64, 16)
+        )
+        self.classes = torch.nn.Linear(16, 10)
+
+    def forward(self, images):
+        features = self.features(images)
+        return features, self.classes(features)
+
+
+@pytest.fixture(scope="module")
+def cifar_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    write_cifar10(root / "data", per_batch=8)
+    run_dir = root / "run"
+    data = ["--data", "cifar10", "--data-root", str(root / "data")]
+    assert train_main([*TINY_TRAIN, *data, "--run-dir", str(run_dir), "--steps", "1"]) == 0
+    return run_dir
+
+
+@pytest.mark.slow
+def test_eval_on_image_data_uses_the_papers_50000_samples_by_default(cifar_run, tmp_path, monkeypatch):
+    import fqgan.evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "load_fid_inception", lambda *a, **k: _TinyExtractor())
+    output = tmp_path / "eval.json"
+    assert eval_main(["--checkpoint", str(cifar_run), "--output", str(output), "--batch-size", "1000"]) == 0
+    result = json.loads(output.read_text())
+    assert result["num_samples"] == 50_000  # FQ-GAN / BigGAN report FID and IS from 50k samples
+    assert result["fid"] >= 0 and result["inception_score"] >= 1
+    assert result["kid"] == pytest.approx(result["kid"]) and "kid_absent_reason" not in result
+
+
+def test_kid_comes_from_cached_real_features_or_the_json_says_why_not(tmp_path):
+    torch.manual_seed(0)
+    extractor = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 4, stride=4), torch.nn.Flatten(), torch.nn.LazyLinear(8)
+    )
+    extractor(torch.zeros(1, 3, 32, 32))
+    real = make_shapes(300, seed=1)
+    real_features, _ = extract_features(extractor, real.images, 100, "cpu")
+    fake_features = real_features[:200] * 1.5 + 0.3
+    stats_file = tmp_path / "real.npz"
+    common = {"extractor": extractor, "fid_stats": str(stats_file), "kid_subset_size": 100}
+    fresh = image_quality(fake_features, None, real_source=lambda: real, **common)
+    cached = image_quality(
+        fake_features, None, real_source=lambda: pytest.fail("the cache must be used"), **common
+    )
+    # The same real features, from the cache, give the same KID as freshly computed ones.
+    assert cached["kid"] == pytest.approx(fresh["kid"]) and cached["kid"] > 0
+    assert cached["fid"] == pytest.approx(fresh["fid"])
+    # The cache stays a pytorch-fid statistics file (mu, sigma) ...
+    with np.load(stats_file) as data:
+        np.testing.assert_allclose(data["mu"], real_features.double().mean(0).numpy(), rtol=1e-6, atol=1e-9)
+    # ... and a file holding only mu and sigma (e.g. from pytorch-fid) gives FID and a reason for no KID.
+    with np.load(stats_file) as data:
+        np.savez(tmp_path / "pytorch_fid.npz", mu=data["mu"], sigma=data["sigma"])
+    only_moments = image_quality(
+        fake_features,
+        None,
+        real_source=lambda: pytest.fail("the statistics file must be used"),
+        extractor=extractor,
+        fid_stats=str(tmp_path / "pytorch_fid.npz"),
+    )
+    assert only_moments["fid"] == pytest.approx(fresh["fid"]) and "kid" not in only_moments
+    assert "KID needs real features" in only_moments["kid_absent_reason"]
+
+
+def test_eval_takes_the_truncation_of_fqgan_sample(tmp_path, monkeypatch):
+    import fqgan.evaluate as evaluate_module
+
+    run_dir = tmp_path / "grid"
+    train = ["--preset", "grid25", "--run-dir", str(run_dir), "--steps", "2", "--no-progress"]
+    assert train_main([*train, "--num-images", "512"]) == 0
+    measured = []  # the points each evaluation measures
+
+    def recording(points, centers, std):
+        measured.append(points.clone())
+        return mixture_quality(points, centers, std)
+
+    monkeypatch.setattr(evaluate_module, "mixture_quality", recording)
+    common = ["--checkpoint", str(run_dir), "--num-samples", "300", "--seed", "4"]
+    assert sample_main([*common, "--truncation", "0.2", "--out", str(tmp_path / "pts")]) == 0
+    sampled = torch.from_numpy(np.load(tmp_path / "pts" / "sample_step_000002.npz")["points"])
+    assert eval_main([*common, "--truncation", "0.2", "--output", str(tmp_path / "truncated.json")]) == 0
+    assert eval_main([*common, "--output", str(tmp_path / "plain.json")]) == 0
+    # With the same seed and truncation, fqgan-eval measures exactly the points fqgan-sample draws.
+    torch.testing.assert_close(measured[0], sampled)
+    assert not torch.allclose(measured[1], sampled)  # without truncation: other z, other points
+    assert json.loads((tmp_path / "truncated.json").read_text())["truncation"] == 0.2
+
+
+def test_eval_rejects_a_negative_truncation(shapes_run, capsys):
+    assert eval_main(["--checkpoint", str(shapes_run), "--truncation", "-1"]) == 2
+    assert "--truncation must be 0 (off) or positive" in capsys.readouterr().err

@@ -220,3 +220,173 @@ def test_generator_ema_copies_before_its_start_and_averages_after():
     ema.update(generator, step=3)  # 0.9 · 1 + 0.1 · 3
     torch.testing.assert_close(ema.model.weight, torch.full((1, 2), 1.2))
     assert not ema.model.weight.requires_grad
+
+
+def _nearest_codewords(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    return codebook[torch.cdist(vectors, codebook).argmin(dim=1)]
+
+
+class _FixedGenerator(torch.nn.Module):
+    """Always the same fake points (times a learnable 1, so G has something to update)."""
+
+    z_dim, num_classes = 3, 0
+
+    def __init__(self, fake: torch.Tensor):
+        super().__init__()
+        self.fake = fake
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, z, y=None):
+        return self.fake * self.scale
+
+
+def test_fq_term_of_d_is_real_mean_plus_fake_mean_and_of_g_the_fake_mean(tmp_path):
+    from dgm_core.training import TrainingRun
+    from fqgan.models import MLPDiscriminator
+    from fqgan.train import GANSteps
+
+    torch.manual_seed(0)
+    beta = 2.0
+    real = torch.randn(6, 2) * 2 + 3  # D features far from the N(0, 1) dictionary
+    fake = torch.randn(6, 2) * 0.1  # ... and close to it: very different commitment losses
+    discriminator = MLPDiscriminator(width=8)
+    discriminator.enable_feature_quantization("0", codebook_size=4, commitment_weight=beta)
+    generator = _FixedGenerator(fake)
+    options = {"device": "cpu", "run_dir": str(tmp_path / "run"), "steps": 1, "progress": False}
+    cfg = config_from_dict(TrainConfig, {**options, "data": "grid25", "arch": "mlp", "d_steps": 1})
+
+    def commitment_per_sample(points: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = discriminator.blocks[0](points)
+        return beta * (_nearest_codewords(features, codebook) - features).pow(2).mean(dim=1)
+
+    with TrainingRun(cfg, model_config={"arch": "mlp"}, name="fqgan") as run:
+        opt_g = torch.optim.Adam(generator.parameters(), lr=1e-3)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+        steps = GANSteps(cfg, run, generator, discriminator, opt_g, opt_d)
+        # The nearest codewords are looked up before this call's EMA update of the dictionary.
+        codebook = discriminator.fq["0"].codebook.clone()
+        real_mean = commitment_per_sample(real, codebook).mean()
+        fake_mean = commitment_per_sample(fake, codebook).mean()
+        d_metrics = steps.discriminator_update(1, real, torch.zeros(6, dtype=torch.long))
+        # The reference (FQ-GAN train_fns): D_loss += quant_loss_real.mean() + quant_loss_fake.mean().
+        assert float(d_metrics["fq_loss_d"]) == pytest.approx(float(real_mean + fake_mean), rel=1e-5)
+        assert float(d_metrics["d_loss"]) == pytest.approx(
+            float(d_metrics["d_gan_loss"] + d_metrics["fq_loss_d"]), rel=1e-6
+        )
+        # G's loss: + quant_loss_G.mean(), the fake batch's mean (D as updated by the step above).
+        codebook = discriminator.fq["0"].codebook.clone()
+        expected_g = commitment_per_sample(fake, codebook).mean()
+        g_metrics = steps.generator_update(1, 6)
+        assert float(g_metrics["fq_loss_g"]) == pytest.approx(float(expected_g), rel=1e-5)
+
+
+FID_CLASSIFIER = [
+    "--classifier-steps", "20", "--classifier-images", "256", "--fid-real-images", "256",
+    "--fid-samples", "160",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*singular:RuntimeWarning")
+def test_fid_every_logs_the_metric_and_keeps_the_lowest_as_a_loadable_best_checkpoint(tmp_path, capsys):
+    from fqgan.evaluate import main as eval_main
+    from fqgan.sample import main as sample_main
+
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--run-dir", str(run_dir), "--steps", "3", "--checkpoint-every", "1", "--log-every", "2"]
+    args += ["--fid-every", "1", "--classifier-cache", str(tmp_path / "cache"), *FID_CLASSIFIER]
+    assert main(args) == 0
+    records = _finite_metrics(run_dir)
+    measured = {r["step"]: r["factor_fd"] for r in records if "factor_fd" in r}
+    assert sorted(measured) == [1, 2, 3]  # measured at every step, logged even off the log cadence
+    best_step = min(measured, key=measured.get)
+    best = run_dir / "checkpoints" / "best"
+    config = json.loads((best / "config.json").read_text())
+    assert config["best"] == {"metric": "factor_fd", "value": measured[best_step], "step": best_step}
+    assert config["step"] == best_step
+    # The very weights of that step (its step_N checkpoint was written after the same step).
+    saved = load_file(str(best / "model.safetensors"))
+    same_step = load_file(str(run_dir / "checkpoints" / f"step_{best_step:06d}" / "model.safetensors"))
+    assert saved.keys() == same_step.keys()
+    assert all(torch.equal(saved[k], same_step[k]) for k in saved)
+    # A full checkpoint folder: the inference CLIs read it, the run's own step_N rotation ignores it.
+    assert load_trained_models(best).step == best_step
+    assert load_trained_models(run_dir).step == 3
+    assert sample_main(["--checkpoint", str(best), "--num-samples", "2", "--out", str(tmp_path / "s")]) == 0
+    assert (tmp_path / "s" / f"sample_step_{best_step:06d}.png").is_file()
+    output = tmp_path / "eval.json"
+    eval_args = ["--checkpoint", str(best), "--num-samples", "160", "--output", str(output)]
+    assert eval_main([*eval_args, "--classifier-cache", str(tmp_path / "cache"), *FID_CLASSIFIER[:4]]) == 0
+    assert json.loads(output.read_text())["step"] == best_step
+
+
+def test_best_checkpoint_is_replaced_only_by_a_lower_value_and_can_be_resumed_from(tmp_path, monkeypatch):
+    from fqgan.train import TrainingFID
+
+    values = iter([5.0, 3.0, 4.0, float("nan")])
+    monkeypatch.setattr(TrainingFID, "_prepare", lambda self, dataset: None)  # no classifier needed
+    monkeypatch.setattr(TrainingFID, "measure", lambda self, generator: next(values))
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--run-dir", str(run_dir), "--steps", "4", "--checkpoint-every", "1", "--fid-every", "1"]
+    assert main(args) == 0
+    assert [r.get("factor_fd") for r in read_metrics(run_dir / "metrics.jsonl")][:3] == [5.0, 3.0, 4.0]
+    best = run_dir / "checkpoints" / "best"
+    assert json.loads((best / "config.json").read_text())["best"]["step"] == 2
+    saved = load_file(str(best / "model.safetensors"))
+    step_2 = load_file(str(run_dir / "checkpoints" / "step_000002" / "model.safetensors"))
+    assert all(torch.equal(saved[k], step_2[k]) for k in saved)
+    # Resuming from `best` continues exactly as resuming from the step-2 checkpoint.
+    from_best, from_step = tmp_path / "from_best", tmp_path / "from_step"
+    common = [*TINY, "--steps", "3", "--fid-every", "0"]
+    assert main([*common, "--run-dir", str(from_best), "--resume", str(best)]) == 0
+    step_2_folder = run_dir / "checkpoints" / "step_000002"
+    assert main([*common, "--run-dir", str(from_step), "--resume", str(step_2_folder)]) == 0
+    a = load_file(str(from_best / "checkpoints" / "step_000003" / "model.safetensors"))
+    b = load_file(str(from_step / "checkpoints" / "step_000003" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--fid-every", "-1"], "--fid-every must be 0 (off) or positive"),
+        (["--fid-every", "2", "--fid-samples", "1"], "--fid-samples must be 0 (the default count)"),
+        (["--preset", "grid25", "--fid-every", "2"], "--fid-every needs images; --data grid25 is 2-D points"),
+    ],
+)
+def test_bad_fid_options_are_one_clear_line(tmp_path, capsys, extra, message):
+    assert main([*TINY, "--run-dir", str(tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and message in err.splitlines()[-1]
+    assert not (tmp_path / "run").exists()  # refused before the run directory is touched
+
+
+# FQ-BigGAN's launch scripts (scripts/launch_C10.sh, launch_C100.sh, launch_I64_bs128x4.sh):
+# --discrete_layer, --dict_size (log2 K), --dict_decay, --commitment, --batch_size, --num_D_steps,
+# --G_lr, --D_lr, --ema_start, --G_attn/--D_attn, --dim_z (default 128), Adam β1 0 / β2 0.999.
+REFERENCE_SCRIPTS = {
+    "cifar10": {"layers": "0123", "dict_size": 10, "decay": 0.8, "commitment": 1.0, "batch": 64,
+                "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128},
+    "cifar100": {"layers": "0123", "dict_size": 6, "decay": 0.9, "commitment": 10.0, "batch": 64,
+                 "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128},
+    "imagenet64": {"layers": "2", "dict_size": 10, "decay": 0.7, "commitment": 0.5, "batch": 128,
+                   "d_steps": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ema_start": 20000, "attention": 32, "z": 120},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(REFERENCE_SCRIPTS))
+def test_presets_carry_the_reference_launch_scripts_settings(preset):
+    from fqgan.train import PRESETS
+
+    script, options = REFERENCE_SCRIPTS[preset], PRESETS[preset]
+    cfg = config_from_dict(TrainConfig, options)
+    assert [int(i) for i in cfg.fq_layers.split(",")] == [int(c) for c in script["layers"]]
+    assert cfg.fq_codebook_size == 2 ** script["dict_size"]
+    assert (cfg.fq_decay, cfg.fq_commitment) == (script["decay"], script["commitment"])
+    assert (cfg.batch_size, cfg.d_steps) == (script["batch"], script["d_steps"])
+    assert (cfg.lr_g, cfg.lr_d) == (script["lr_g"], script["lr_d"])
+    assert (cfg.adam_beta1, cfg.adam_beta2) == (0.0, 0.999)
+    assert (cfg.ema_start, cfg.attention) == (script["ema_start"], script["attention"])
+    assert cfg.z_dim == script["z"]
+    assert (cfg.arch, cfg.g_ch, cfg.d_ch, cfg.loss) == ("biggan", 64, 64, "hinge")

@@ -6,13 +6,21 @@ the 25-Gaussian ``grid25`` with MLPs), each variant (``none``: baseline;
 seed, it trains with exactly the same options except ``--fq-mode``, evaluates
 the final EMA generator with :mod:`fqgan.evaluate`, and writes
 ``<out_dir>/results.json`` and a markdown table (``results.md``) of mean ± std.
-Finished runs are reused (trained ones are only evaluated; evaluated ones are
+
+Runs are cached by their complete option set: a run's folder is named by a hash
+of its fully resolved ``fqgan-train`` config (every option, defaults included,
+and the fqgan and dgm-core versions), and each evaluation file by a hash of that
+and the fully resolved ``fqgan-eval`` config. Changing any option therefore
+trains (or evaluates) again instead of returning old numbers, while a run with
+the same options is reused (trained ones are only evaluated; evaluated ones are
 read back), so an interrupted ablation continues where it stopped, and
-``--generator raw`` evaluates the same runs' raw generators (``eval_raw.json``).
+``--generator raw`` evaluates the same runs' raw generators.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import platform
 import statistics
@@ -24,9 +32,12 @@ from typing import Any
 
 import torch
 
+import dgm_core
+import fqgan
 from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
+from dgm_core.runtime.files import write_json_atomic
 from fqgan.evaluate import EvalConfig, evaluate
 from fqgan.train import PRESETS, TrainConfig, train
 
@@ -62,46 +73,72 @@ def _split(spec: str) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
 
 
-def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, Any]:
-    run_dir = Path(cfg.out_dir) / f"{task}-{variant}-seed{seed}"
-    eval_path = run_dir / ("eval.json" if cfg.generator == "ema" else "eval_raw.json")
-    if eval_path.is_file():
-        return json.loads(eval_path.read_text())
+def options_key(record: dict[str, Any]) -> str:
+    """A short hash of a JSON-able option record (key order does not matter)."""
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _resolved(config: Any, *location_fields: str) -> dict[str, Any]:
+    """Every option of a resolved config, defaults included, minus the fields that only say where
+    things go (they are derived from the key itself)."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in location_fields}
+
+
+def train_config_for(cfg: AblateConfig, task: str, variant: str, seed: int) -> TrainConfig:
+    """The complete ``fqgan-train`` config of one run (``run_dir`` still to be set from its key)."""
     steps = cfg.shapes_steps if task == "shapes" else cfg.mixture_steps
     options = {
         **TASK_OPTIONS[task],
         "data": task,
         "fq_mode": variant,
         "seed": seed,
-        "run_dir": str(run_dir),
         "steps": steps,
         "device": cfg.device,
         "progress": False,
         "checkpoint_every": 0,
         "keep_checkpoints": 1,
     }
-    finished = run_dir / "checkpoints" / f"step_{steps:06d}"
-    train_seconds = None
-    if not finished.is_dir():  # trained already (e.g. evaluated before with the other generator)
-        started = time.perf_counter()
-        train(cli.config_from_dict(TrainConfig, options, source=f"ablation run {run_dir.name}"))
-        train_seconds = time.perf_counter() - started
-    elif (run_dir / "eval.json").is_file():
-        train_seconds = json.loads((run_dir / "eval.json").read_text()).get("train_seconds")
-    result = evaluate(
-        EvalConfig(
-            checkpoint=str(run_dir),
-            device=cfg.device,
-            seed=seed,
-            classifier_cache=cfg.classifier_cache,
-            num_samples=cfg.num_samples,
-            use_ema=cfg.generator == "ema",
-            output=str(eval_path.with_suffix(".tmp.json")),
-        )
+    return cli.config_from_dict(TrainConfig, options, source=f"ablation run {task}-{variant}-seed{seed}")
+
+
+def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, Any]:
+    train_cfg = train_config_for(cfg, task, variant, seed)
+    train_record = {
+        "train": _resolved(train_cfg, "run_dir"),
+        "versions": {"fqgan": fqgan.__version__, "dgm_core": dgm_core.__version__},
+    }
+    train_key = options_key(train_record)
+    run_dir = Path(cfg.out_dir) / f"{task}-{variant}-seed{seed}-{train_key}"
+    train_cfg.run_dir = str(run_dir)
+    eval_cfg = EvalConfig(
+        checkpoint=str(run_dir),
+        device=cfg.device,
+        seed=seed,
+        classifier_cache=cfg.classifier_cache,
+        num_samples=cfg.num_samples,
+        use_ema=cfg.generator == "ema",
     )
-    if train_seconds is not None:
-        result["train_seconds"] = train_seconds
-    eval_path.write_text(json.dumps(result, indent=2) + "\n")
+    eval_key = options_key({"train_key": train_key, "eval": _resolved(eval_cfg, "checkpoint", "output")})
+    eval_path = run_dir / f"eval-{cfg.generator}-{eval_key}.json"
+    if eval_path.is_file():
+        return json.loads(eval_path.read_text())
+    record_path = run_dir / "ablation_run.json"
+    finished = run_dir / "checkpoints" / f"step_{train_cfg.steps:06d}"
+    if not finished.is_dir():  # else trained already (e.g. evaluated before with other eval options)
+        started = time.perf_counter()
+        train(train_cfg)
+        write_json_atomic(
+            record_path,
+            {"key": train_key, **train_record, "train_seconds": time.perf_counter() - started},
+        )
+    eval_cfg.output = str(eval_path.with_suffix(".tmp.json"))
+    result = evaluate(eval_cfg)
+    seconds = json.loads(record_path.read_text()).get("train_seconds") if record_path.is_file() else None
+    if seconds is not None:
+        result["train_seconds"] = seconds
+    result["options_key"] = {"train": train_key, "eval": eval_key}
+    write_json_atomic(eval_path, result)
     eval_path.with_suffix(".tmp.json").unlink(missing_ok=True)
     return result
 

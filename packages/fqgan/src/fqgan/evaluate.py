@@ -13,9 +13,14 @@
   frequencies from uniform.
 - **CIFAR-10/100 and image folders**: FID, KID and IS with the standard FID
   Inception weights (``--inception-weights PATH`` or the torch hub cache; a
-  clear error without them); real statistics are read from ``--fid-stats``
-  (pytorch-fid ``.npz``) or computed from the dataset once and cached there.
+  clear error without them), from 50 000 samples by default as in the paper;
+  real statistics are read from ``--fid-stats`` (pytorch-fid ``.npz``) or
+  computed from the dataset once and cached there, with the real features KID
+  needs (a file without them gives FID and IS, and ``kid_absent_reason``).
 
+Sample counts by default: 50 000 for FID/KID/IS (the paper's protocol), 5000 for the shapes
+(kept small so the offline demo stays fast; not a published protocol), 2500 for the mixtures.
+``--truncation T`` draws z as ``fqgan-sample`` does (BigGAN's truncation trick).
 Generator, classifier and Inception forward passes run in ``--precision`` (their outputs cast
 back to float32 before any statistics); cached reference statistics are always computed in fp32.
 The measures themselves are :mod:`fqgan.metrics`. Results go to ``<run_dir>/eval.json`` (and stdout).
@@ -33,6 +38,7 @@ import torch
 
 from dgm_core import cli
 from dgm_core.cli import option
+from dgm_core.errors import UserError
 from dgm_core.inference import InferenceRuntime, RuntimeConfig, open_inference
 from dgm_core.metrics import extract_features, load_fid_inception
 from dgm_core.runtime.files import write_json_atomic
@@ -46,13 +52,16 @@ from fqgan.data import (
     mixture_centers,
 )
 from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
-from fqgan.generation import generate
-from fqgan.metrics import image_quality, mixture_quality, real_shape_statistics, shapes_quality
-
-# Seeds of the real shapes behind the reference statistics and behind the fd_real floor: disjoint
-# from fqgan-train's data seed and from the factor classifier's training and held-out images.
-REFERENCE_SHAPES_SEED = 9_000_001
-FLOOR_SHAPES_SEED = 9_100_001
+from fqgan.generation import generate, generate_batches, truncated_noise
+from fqgan.metrics import (
+    FLOOR_SHAPES_SEED,
+    REFERENCE_SHAPES_SEED,
+    default_sample_count,
+    image_quality,
+    mixture_quality,
+    real_shape_statistics,
+    shapes_quality,
+)
 
 
 @dataclass
@@ -62,8 +71,17 @@ class EvalConfig(RuntimeConfig):
     checkpoint: str = option(
         "runs/fqgan-demo", help="Run directory (newest checkpoint) or checkpoint folder."
     )
-    num_samples: int = option(0, help="Generated samples (0: 5000 for images, 2500 for 2-D mixtures).")
+    num_samples: int = option(
+        0,
+        help="Generated samples. 0: 50000 for FID/KID/IS on cifar/folder data (the paper's count); "
+        "5000 for shapes (a smaller count that keeps the offline demo fast, not the paper's "
+        "protocol); 2500 points for 2-D mixtures.",
+    )
     batch_size: int = option(250, help="Samples per generator/feature-extractor batch.")
+    truncation: float = option(
+        0.0,
+        help="Resample |z| entries above this value (0: off; BigGAN's truncation trick, as fqgan-sample).",
+    )
     use_ema: bool = option(True, help="Evaluate the EMA generator (else the raw one).")
     output: str = option("", help="Where to write the JSON result (default: <run_dir>/eval.json).")
     classifier_cache: str = option(
@@ -84,41 +102,48 @@ class EvalConfig(RuntimeConfig):
     kid_subset_size: int = option(1000, help="KID subset size (capped by the sample counts).")
 
 
-def _default_samples(data: str, requested: int) -> int:
-    if requested > 0:
-        return requested
-    return 2500 if is_mixture(data) else 5000
+def _check(cfg: EvalConfig) -> None:
+    if cfg.num_samples < 0:
+        raise UserError(f"--num-samples must be 0 (the default count) or positive, got {cfg.num_samples}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.truncation < 0:
+        raise UserError(f"--truncation must be 0 (off) or positive, got {cfg.truncation}")
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Generate samples from a checkpoint and measure them; writes eval.json and returns the result."""
+    _check(cfg)
     runtime = open_inference(cfg)
     device = runtime.device
     trained = load_trained_models(cfg.checkpoint, device)
     generator = trained.generator_ema if cfg.use_ema else trained.generator
     data = trained.run_config.get("data", "shapes")
-    n = _default_samples(data, cfg.num_samples)
-    z = torch.randn(n, int(trained.model_config["z_dim"]), device=device)
+    n = default_sample_count(data, cfg.num_samples, mixture=is_mixture(data))
+    z = truncated_noise(n, int(trained.model_config["z_dim"]), cfg.truncation).to(device)
     num_classes = int(trained.model_config.get("num_classes", 0))
     labels = torch.randint(num_classes, (n,), device=device) if num_classes > 0 else None
-    with runtime.precision.autocast():
-        samples = generate(generator, z, labels, batch_size=cfg.batch_size)
     result: dict[str, Any] = {
         "checkpoint": str(trained.checkpoint),
         "step": trained.step,
         "data": data,
         "num_samples": n,
+        "truncation": cfg.truncation,
         "generator": "ema" if cfg.use_ema else "raw",
         "precision": runtime.precision.name,
     }
-    if is_mixture(data):
-        centers, std = mixture_centers(data)
-        result.update(mixture_quality(samples, centers, std))
-    elif data == "shapes":
-        requested = labels.cpu() if labels is not None else None
-        result.update(_shapes_metrics(cfg, runtime, samples, requested))
+    if is_mixture(data) or data == "shapes":
+        with runtime.precision.autocast():
+            samples = generate(generator, z, labels, batch_size=cfg.batch_size)
+        if is_mixture(data):
+            centers, std = mixture_centers(data)
+            result.update(mixture_quality(samples, centers, std))
+        else:
+            requested = labels.cpu() if labels is not None else None
+            result.update(_shapes_metrics(cfg, runtime, samples, requested))
     else:
-        result.update(_inception_metrics(cfg, runtime, samples, data, trained.run_config))
+        # 50 000 images are streamed from G into the Inception; only their features are kept.
+        result.update(_inception_metrics(cfg, runtime, generator, z, labels, data, trained.run_config))
     output = Path(cfg.output) if cfg.output else trained.run_dir / "eval.json"
     write_json_atomic(output, result)
     print(json.dumps(result, indent=2))
@@ -149,12 +174,22 @@ def _shapes_metrics(
 
 
 def _inception_metrics(
-    cfg: EvalConfig, runtime: InferenceRuntime, samples: torch.Tensor, data: str, run_config: dict
-) -> dict[str, float]:
+    cfg: EvalConfig,
+    runtime: InferenceRuntime,
+    generator: torch.nn.Module,
+    z: torch.Tensor,
+    labels: torch.Tensor | None,
+    data: str,
+    run_config: dict,
+) -> dict[str, float | str]:
     inception = load_fid_inception(cfg.inception_weights or None, device=runtime.device)
     with runtime.precision.autocast():
+        in_unit_range = (
+            images.add(1).div(2).clamp(0, 1)
+            for images in generate_batches(generator, z, labels, cfg.batch_size)
+        )
         fake_features, fake_logits = extract_features(
-            inception, samples.add(1).div(2).clamp(0, 1), cfg.batch_size, runtime.device
+            inception, in_unit_range, cfg.batch_size, runtime.device
         )
     # Real features (for --fid-stats, cached, and KID) are extracted in fp32, outside autocast.
     return image_quality(

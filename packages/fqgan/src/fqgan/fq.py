@@ -4,9 +4,12 @@ FQ-GAN (Zhao et al., ICML 2020) keeps, for each quantized discriminator block,
 a dictionary of K feature prototypes that is an exponential moving average of
 that block's features on recent real and fake batches
 (:class:`dgm_core.quantization.EMAQuantizer` does the nearest-codeword search
-and the EMA update). Each forward pass adds the commitment loss
-``β·‖sg(q) − x‖²`` to the loss being minimised: the D loss on real and fake
-features, the G loss on fake features. Two modes:
+and the EMA update). Each forward pass records the commitment loss
+``β·‖sg(q) − x‖²`` (a mean per sample) for the loss being minimised: the D loss
+on real and fake features, the G loss on fake features. As in the reference
+code, D's term is the mean over the real samples *plus* the mean over the fake
+samples, also when D sees ``[real; fake]`` in one call
+(``pop_loss(batch_parts=(n_real, n_fake))``). Two modes:
 
 - ``loss_only`` (the official code's behaviour, default): the block's output
   goes on unchanged; FQ acts only through the commitment loss.
@@ -17,8 +20,9 @@ Drop-in use on any discriminator, by hook::
 
     fq = FeatureQuantizer(dim=256, codebook_size=1024, decay=0.8, commitment_weight=1.0)
     fq.attach(my_discriminator.block3)         # output of block3 is quantized
-    logits = my_discriminator(images)          # runs the hook
-    d_loss = hinge_d_loss(...) + fq.pop_loss()  # commitment loss of every call since the last pop
+    logits = my_discriminator(torch.cat([real, fake]))  # runs the hook
+    # mean commitment loss of the real part + that of the fake part (FQ-GAN's D loss)
+    d_loss = hinge_d_loss(...) + fq.pop_loss(batch_parts=(len(real), len(fake)))
 
 or by an explicit call ``h = fq(h)`` inside ``forward``, which is what the
 discriminators in :mod:`fqgan.models` do.
@@ -26,7 +30,7 @@ discriminators in :mod:`fqgan.models` do.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -53,8 +57,8 @@ class FeatureQuantizer(nn.Module):
             (``dead_code_threshold``, ``kmeans_init``, ``distance``, ``sync_distributed``).
 
     Calling the module on features returns the features (``loss_only``) or their
-    straight-through quantization (``quantize``), and records the commitment loss;
-    :meth:`pop_loss` returns the sum of the losses recorded since the last pop.
+    straight-through quantization (``quantize``), and records the commitment loss of
+    every sample; :meth:`pop_loss` turns the records since the last pop into one loss.
     ``perplexity`` and ``dead_codes`` hold the statistics of the last call.
     """
 
@@ -85,17 +89,29 @@ class FeatureQuantizer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         output = self.quantizer(features)
-        self._losses.append(output.commitment_loss)
+        # Per sample, so that a call on [real; fake] can still be weighted as the reference
+        # weights two separate calls (see pop_loss).
+        self._losses.append(output.commitment_loss_per_sample)
         self.perplexity = output.perplexity.detach()
         self.dead_codes = output.dead_codes.detach()
         return output.quantized if self.mode == "quantize" else features
 
-    def pop_loss(self) -> torch.Tensor:
-        """Sum of the commitment losses recorded since the last call (0 when none), then forget them."""
+    def pop_loss(self, batch_parts: Sequence[int] | None = None) -> torch.Tensor:
+        """The commitment loss recorded since the last pop (0 when none), then forget the records.
+
+        Each recorded call contributes the mean of its per-sample losses. With
+        ``batch_parts`` (e.g. ``(n_real, n_fake)`` for a call on ``[real; fake]``) every
+        call's batch is cut into consecutive parts of these sizes and the part means are
+        added: FQ-GAN adds ``mean(real) + mean(fake)`` to D's loss, twice the mean over
+        the concatenated batch.
+        """
         losses, self._losses = self._losses, []
-        if not losses:
-            return self.codebook.new_zeros(())
-        return torch.stack([loss.float() for loss in losses]).sum()
+        total = self.codebook.new_zeros((), dtype=torch.float32)
+        for per_sample in losses:
+            parts = [per_sample] if batch_parts is None else _split_batch(per_sample, batch_parts)
+            for part in parts:
+                total = total + part.float().mean()
+        return total
 
     def attach(self, block: nn.Module) -> RemovableHandle:
         """Quantize ``block``'s output on every forward (a forward hook); returns the removable handle."""
@@ -109,11 +125,25 @@ class FeatureQuantizer(nn.Module):
         return f"mode={self.mode}"
 
 
-def pop_fq_loss(quantizers: Iterable[FeatureQuantizer], device: torch.device | None = None) -> torch.Tensor:
+def _split_batch(per_sample: torch.Tensor, batch_parts: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    sizes = [int(size) for size in batch_parts]
+    if any(size < 1 for size in sizes) or sum(sizes) != per_sample.shape[0]:
+        raise ValueError(
+            f"batch_parts {tuple(sizes)} do not cut a batch of {per_sample.shape[0]} samples "
+            "into non-empty parts"
+        )
+    return per_sample.split(sizes)
+
+
+def pop_fq_loss(
+    quantizers: Iterable[FeatureQuantizer],
+    device: torch.device | None = None,
+    batch_parts: Sequence[int] | None = None,
+) -> torch.Tensor:
     """Sum of :meth:`FeatureQuantizer.pop_loss` over ``quantizers`` (a zero scalar when there are none)."""
     total = torch.zeros((), device=device)
     for quantizer in quantizers:
-        total = total + quantizer.pop_loss().to(total.device)
+        total = total + quantizer.pop_loss(batch_parts).to(total.device)
     return total
 
 
@@ -198,7 +228,12 @@ class QuantizedDiscriminator(nn.Module):
                 h = self.fq[str(index)](h)
         return h
 
-    def pop_fq_loss(self) -> torch.Tensor:
-        """Commitment loss of every quantized block over every forward since the last pop."""
+    def pop_fq_loss(self, batch_parts: Sequence[int] | None = None) -> torch.Tensor:
+        """Commitment loss of every quantized block over every forward since the last pop.
+
+        After a call on ``[real; fake]`` pass ``batch_parts=(n_real, n_fake)``: each block then
+        contributes the mean over the real samples plus the mean over the fake ones, FQ-GAN's
+        weighting of D's FQ loss (see :meth:`FeatureQuantizer.pop_loss`).
+        """
         device = next(self.parameters()).device
-        return pop_fq_loss(self.fq.values(), device)  # type: ignore[arg-type]
+        return pop_fq_loss(self.fq.values(), device, batch_parts)  # type: ignore[arg-type]

@@ -6,11 +6,14 @@ Used by ``fqgan-train`` (a grid from fixed noise every few steps), ``fqgan-sampl
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from dgm_core.errors import UserError
 
 MIXTURE_GRID_POINTS = 2048
 
@@ -41,7 +44,28 @@ def truncated_noise(
     return z
 
 
-@torch.no_grad()
+def generate_batches(
+    generator: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 256
+) -> Iterator[torch.Tensor]:
+    """``generator(z, y)`` in eval mode, one float32 batch at a time (on G's device), without grad.
+
+    For sample counts whose images should not all be held at once (50 000 for FID). Run it under
+    an autocast context for reduced precision: every batch is cast back to float32.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch size must be at least 1, got {batch_size}")
+    was_training = generator.training
+    generator.eval()
+    try:
+        for start in range(0, z.shape[0], batch_size):
+            labels = y[start : start + batch_size] if y is not None else None
+            with torch.no_grad():
+                images = generator(z[start : start + batch_size], labels)
+            yield images.float()
+    finally:
+        generator.train(was_training)
+
+
 def generate(
     generator: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 256
 ) -> torch.Tensor:
@@ -49,14 +73,7 @@ def generate(
 
     Run it under an autocast context for reduced precision: every batch is cast back to float32.
     """
-    was_training = generator.training
-    generator.eval()
-    chunks = []
-    for start in range(0, z.shape[0], batch_size):
-        labels = y[start : start + batch_size] if y is not None else None
-        chunks.append(generator(z[start : start + batch_size], labels).float().cpu())
-    generator.train(was_training)
-    return torch.cat(chunks)
+    return torch.cat([batch.cpu() for batch in generate_batches(generator, z, y, batch_size)])
 
 
 def render_points(points: torch.Tensor, size: int = 256, extent: float = 5.0) -> torch.Tensor:

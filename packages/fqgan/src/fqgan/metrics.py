@@ -5,24 +5,36 @@
   coverage over the 96 factor combinations with the KL of their frequencies from uniform.
 - **2-D mixtures**: modes covered by high-quality samples (VEEGAN/PacGAN) and their KL.
 - **Images with real data**: FID, KID and IS on features of dgm-core's FID Inception.
+
+:class:`FrechetYardstick` packs one of the two Fréchet distances (FID, or the factor-classifier
+distance for shapes) with its cached real statistics, for ranking checkpoints during training.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
+from dgm_core.errors import UserError
 from dgm_core.metrics import (
     FeatureStatistics,
     extract_features,
     frechet_distance,
     inception_score,
+    iter_features,
     kernel_inception_distance,
+    load_fid_inception,
     load_fid_stats,
 )
+from dgm_core.runtime.files import make_readable
 from fqgan.data import (
     NUM_FACTOR_COMBINATIONS,
     ImageDataset,
@@ -30,7 +42,24 @@ from fqgan.data import (
     images_in_model_range,
     make_shapes,
 )
-from fqgan.factor_classifier import ClassifierRecipe, FactorClassifier, default_cache_dir
+from fqgan.factor_classifier import (
+    ClassifierRecipe,
+    FactorClassifier,
+    default_cache_dir,
+    load_factor_classifier,
+)
+from fqgan.generation import generate_batches
+
+# Seeds of the real shapes behind the reference statistics and behind the fd_real floor: disjoint
+# from fqgan-train's data seed and from the factor classifier's training and held-out images.
+REFERENCE_SHAPES_SEED = 9_000_001
+FLOOR_SHAPES_SEED = 9_100_001
+
+# KID needs real *features*, not just their moments. A seeded subset of this many real images'
+# Inception features is kept (in memory, and in the --fid-stats cache beside mu and sigma: 80 MB
+# of float32 instead of 400 MB for all 50k), and every KID uses that subset, cached or not.
+REAL_KID_FEATURES = 10_000
+_KID_SUBSET_SEED = 0
 
 
 def kl_from_uniform(counts: torch.Tensor) -> float:
@@ -119,6 +148,89 @@ def real_shape_statistics(
     return stats
 
 
+@dataclass
+class RealImageReference:
+    """Real-data side of FID and KID: Inception moments and (when available) a subset of features."""
+
+    mean: np.ndarray
+    covariance: np.ndarray
+    kid_features: torch.Tensor | None
+    kid_absent_reason: str = ""  # why kid_features is None
+
+
+def _save_reference(path: Path, stats: FeatureStatistics, kid_features: torch.Tensor) -> None:
+    """pytorch-fid's ``.npz`` (``mu``, ``sigma``) plus ``num_samples`` and ``kid_features``; atomic."""
+    mu, sigma = stats.to_numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(
+                file,
+                mu=mu,
+                sigma=sigma,
+                num_samples=np.int64(stats.count),
+                kid_features=kid_features.numpy().astype(np.float32),
+            )
+        make_readable(tmp_name)  # mkstemp's 0600 would hide a shared cache
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _load_reference(path: Path, dim: int) -> RealImageReference:
+    mu, sigma = load_fid_stats(path, dim=dim)
+    with np.load(path, allow_pickle=False) as data:
+        if "kid_features" not in data.files:
+            return RealImageReference(
+                mu,
+                sigma,
+                None,
+                f"{path} holds only mu and sigma (e.g. written by pytorch-fid); KID needs real "
+                "features: delete the file (or pass another --fid-stats) to recompute it with them",
+            )
+        features = torch.from_numpy(np.asarray(data["kid_features"], dtype=np.float32))
+    if features.ndim != 2 or features.shape[1] != dim:
+        raise UserError(f"{path}: kid_features has shape {tuple(features.shape)}, expected (N, {dim})")
+    return RealImageReference(mu, sigma, features)
+
+
+def real_image_reference(
+    fid_stats: str | os.PathLike,
+    real_source: Callable[[], ImageDataset],
+    extractor: nn.Module,
+    dim: int,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+) -> RealImageReference:
+    """The real-data reference for FID/KID, read from ``fid_stats`` or computed (and cached there).
+
+    ``real_source()`` is called only when the file is absent (or ``fid_stats`` is empty: then
+    nothing is cached). Features are extracted in the caller's precision context; call it outside
+    autocast for a cache that does not depend on the evaluation's precision.
+    """
+    path = Path(fid_stats) if fid_stats else None
+    if path is not None and path.is_file():
+        return _load_reference(path, dim)
+    real = real_source()
+    count = len(real)
+    keep = torch.zeros(count, dtype=torch.bool)
+    chosen = torch.randperm(count, generator=torch.Generator().manual_seed(_KID_SUBSET_SEED))
+    keep[chosen[:REAL_KID_FEATURES]] = True
+    stats = FeatureStatistics(dim)
+    kept, offset = [], 0
+    for features, _ in iter_features(extractor, real.images, batch_size, device):
+        stats.update(features)
+        kept.append(features[keep[offset : offset + features.shape[0]]])
+        offset += features.shape[0]
+    kid_features = torch.cat(kept)
+    if path is not None:
+        _save_reference(path, stats, kid_features)
+    mu, sigma = stats.to_numpy()
+    return RealImageReference(mu, sigma, kid_features)
+
+
 def image_quality(
     fake_features: torch.Tensor,
     fake_logits: torch.Tensor | None,
@@ -129,35 +241,106 @@ def image_quality(
     batch_size: int = 250,
     kid_subset_size: int = 1000,
     device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """FID (and KID, IS when possible) of generated features against real data.
+) -> dict[str, float | str]:
+    """FID, KID and IS of generated features against real data.
 
-    ``real_source()`` returns the real :class:`ImageDataset`; it is only called
-    when real features are needed: when ``fid_stats`` is empty or missing (then
-    the statistics are computed and, if ``fid_stats`` names a file, written
-    there), or for KID. ``extractor`` maps [0, 1] images to features.
+    Real statistics come from :func:`real_image_reference` (read from ``fid_stats`` or computed
+    with ``extractor``, which maps [0, 1] images to features, and cached there). KID is computed
+    whenever real features are at hand — freshly computed or cached beside mu and sigma; when
+    they are not (a pytorch-fid statistics file), ``kid_absent_reason`` says so instead.
     """
-    result: dict[str, float] = {}
-    real_features = None
-    if fid_stats and Path(fid_stats).is_file():
-        mu_r, sigma_r = load_fid_stats(fid_stats, dim=fake_features.shape[1])
-    else:
-        real = real_source()
-        real_features, _ = extract_features(extractor, real.images, batch_size, device)
-        stats = FeatureStatistics(real_features.shape[1])
-        stats.update(real_features)
-        if fid_stats:
-            stats.save_npz(fid_stats)
-        mu_r, sigma_r = stats.to_numpy()
+    reference = real_image_reference(
+        fid_stats, real_source, extractor, fake_features.shape[1], batch_size, device
+    )
     fake_stats = FeatureStatistics(fake_features.shape[1])
     fake_stats.update(fake_features)
     mu_f, sigma_f = fake_stats.to_numpy()
-    result["fid"] = frechet_distance(mu_f, sigma_f, mu_r, sigma_r)
-    if real_features is not None:
-        subset = min(kid_subset_size, real_features.shape[0], fake_features.shape[0])
-        kid_mean, kid_std = kernel_inception_distance(real_features, fake_features, subset_size=subset)
+    result: dict[str, float | str] = {
+        "fid": frechet_distance(mu_f, sigma_f, reference.mean, reference.covariance)
+    }
+    if reference.kid_features is not None:
+        subset = min(kid_subset_size, reference.kid_features.shape[0], fake_features.shape[0])
+        kid_mean, kid_std = kernel_inception_distance(
+            reference.kid_features, fake_features, subset_size=subset
+        )
         result.update({"kid": kid_mean, "kid_std": kid_std})
+    else:
+        result["kid_absent_reason"] = reference.kid_absent_reason
     if fake_logits is not None:
         is_mean, is_std = inception_score(fake_logits.softmax(dim=-1), splits=10)
         result.update({"inception_score": is_mean, "inception_score_std": is_std})
     return result
+
+
+# --------------------------------------------------------------------------- during training
+
+
+@dataclass
+class FrechetYardstick:
+    """A Fréchet distance of a generator's samples to real data, for ranking checkpoints in training.
+
+    ``metric`` is the name it is logged under (``fid`` with the FID Inception, ``factor_fd`` with
+    the shapes factor classifier); ``features`` maps a batch of G's images in [-1, 1] to (N, D)
+    float32 features; the real moments were computed once (fp32) and cached.
+    """
+
+    metric: str
+    features: Callable[[torch.Tensor], torch.Tensor]
+    real_mean: np.ndarray
+    real_covariance: np.ndarray
+
+    def measure(
+        self, generator: nn.Module, z: torch.Tensor, y: torch.Tensor | None, batch_size: int = 250
+    ) -> float:
+        """The distance for ``generator(z, y)`` (eval mode, batched, nothing kept but moments)."""
+        stats = FeatureStatistics(self.real_mean.shape[0])
+        for images in generate_batches(generator, z, y, batch_size):
+            stats.update(self.features(images))
+        mu, sigma = stats.to_numpy()
+        return frechet_distance(mu, sigma, self.real_mean, self.real_covariance)
+
+
+def shapes_yardstick(
+    recipe: ClassifierRecipe,
+    real_images: int,
+    cache_dir: str | os.PathLike | None,
+    device: torch.device | str,
+) -> FrechetYardstick:
+    """``factor_fd`` as ``fqgan-eval`` reports it: the cached classifier, the same real statistics."""
+    cache = Path(cache_dir) if cache_dir else None
+    classifier, _ = load_factor_classifier(cache, recipe, device=device)
+    real = real_shape_statistics(classifier, recipe, real_images, seed=REFERENCE_SHAPES_SEED, cache_dir=cache)
+    mean, covariance = real.to_numpy()
+    return FrechetYardstick("factor_fd", lambda images: classifier.predict(images)[0], mean, covariance)
+
+
+def inception_yardstick(
+    inception_weights: str,
+    fid_stats: str | os.PathLike,
+    real_source: Callable[[], ImageDataset],
+    batch_size: int,
+    device: torch.device | str,
+) -> FrechetYardstick:
+    """FID with dgm-core's FID Inception against real statistics read from, or written to, ``fid_stats``."""
+    inception = load_fid_inception(inception_weights or None, device=device)
+    reference = real_image_reference(fid_stats, real_source, inception, 2048, batch_size, device)
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        pool, _ = extract_features(inception, images.add(1).div(2).clamp(0, 1), batch_size, device)
+        return pool
+
+    return FrechetYardstick("fid", features, reference.mean, reference.covariance)
+
+
+def default_sample_count(data: str, requested: int, *, mixture: bool) -> int:
+    """Samples behind a quality number: ``requested``, or the default for this kind of data.
+
+    50 000 for FID/KID/IS on real image data (the paper's and BigGAN-PyTorch's protocol); 5000
+    for the procedural shapes (the offline demo's factor-classifier metrics, kept fast; not a
+    published protocol); 2500 points for the 2-D mixtures (VEEGAN/PacGAN's protocol).
+    """
+    if requested > 0:
+        return requested
+    if mixture:
+        return 2500
+    return 5000 if data == "shapes" else 50_000

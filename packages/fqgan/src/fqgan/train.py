@@ -10,13 +10,20 @@ mode-collapse setting.
 
 One step is one generator update preceded by ``d_steps`` discriminator updates
 (BigGAN's counting); each D update uses a fresh real batch.
+
+``--fid-every N`` measures G EMA's FID every N steps (rank 0; real statistics computed
+once and cached), logs it, and keeps the lowest-FID checkpoint as ``checkpoints/best``, as
+BigGAN-PyTorch does. On the shapes, with no Inception weights offline, the factor-classifier
+Fréchet distance (``factor_fd``, as ``fqgan-eval`` reports it) plays FID's role.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +34,22 @@ from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.quantization import QuantizationInputError
+from dgm_core.runtime import broadcast_object
 from dgm_core.training import TrainingConfig, TrainingRun
+from fqgan.checkpoints import BestCheckpoint
 from fqgan.data import ImageDataset, MixtureDataset, load_dataset
 from fqgan.diffaug import diff_augment, parse_policy
+from fqgan.factor_classifier import ClassifierRecipe
 from fqgan.fq import FQ_MODES, QuantizedDiscriminator, fq_statistics
 from fqgan.generation import fixed_noise, save_sample_grid
 from fqgan.losses import LOSSES, discriminator_loss, generator_loss
+from fqgan.metrics import FrechetYardstick, default_sample_count, inception_yardstick, shapes_yardstick
 from fqgan.models import ARCHITECTURES, build_models
+
+FID_BATCH_SIZE = 250
+# The FID noise is fixed for the whole run (so successive values differ by the model only) and
+# drawn apart from the sample-grid noise, from its own generator (the training RNG is untouched).
+FID_NOISE_SEED_OFFSET = 1
 
 
 @dataclass
@@ -92,6 +108,37 @@ class TrainConfig(TrainingConfig):
         100, help="Write a sample grid from fixed noise every N steps (and at the end)."
     )
     num_grid_samples: int = option(64, help="Images per sample grid.")
+    fid_every: int = option(
+        0,
+        help="Every N steps and at the end, measure G EMA's FID, log it to metrics.jsonl and keep the "
+        "lowest-FID checkpoint as checkpoints/best (0: off). shapes: the factor-classifier Fréchet "
+        "distance (factor_fd) stands in for FID; cifar/folder: the FID Inception (--inception-weights).",
+    )
+    fid_samples: int = option(
+        0,
+        help="Generated samples per --fid-every measurement (0: 50000 for cifar/folder, as "
+        "BigGAN-PyTorch; 5000 for shapes, as fqgan-eval).",
+    )
+    fid_stats: str = option(
+        "",
+        help="cifar/folder with --fid-every: real-data statistics .npz, computed once when absent "
+        "(default: <run_dir>/fid_stats.npz).",
+    )
+    inception_weights: str = option(
+        "", help="cifar/folder with --fid-every: FID Inception weights file (pt_inception-*.pth)."
+    )
+    classifier_cache: str = option(
+        "", help="shapes with --fid-every: factor-classifier cache folder (default ~/.cache/fqgan)."
+    )
+    classifier_steps: int = option(
+        600, help="shapes with --fid-every: factor-classifier training steps (part of its cache key)."
+    )
+    classifier_images: int = option(
+        16384, help="shapes with --fid-every: images the factor classifier trains on (cache key)."
+    )
+    fid_real_images: int = option(
+        10000, help="shapes with --fid-every: real images behind the reference statistics."
+    )
 
 
 _CIFAR_COMMON: dict[str, Any] = {
@@ -277,7 +324,9 @@ class GANSteps:
         with run.precision.autocast():
             scores = self.d_train(inputs, y_all).float()
             gan_loss = discriminator_loss(self.cfg.loss, scores[:n], scores[n:])
-            fq_loss = self.discriminator.pop_fq_loss()
+            # FQ-GAN adds the mean commitment loss of the real samples plus that of the fake
+            # ones (not the mean over both, which would halve it).
+            fq_loss = self.discriminator.pop_fq_loss(batch_parts=(n, n))
             loss = gan_loss + fq_loss
         run.check_finite(step, {"d_loss": loss})
         self.opt_d.zero_grad(set_to_none=True)
@@ -313,6 +362,77 @@ class GANSteps:
         return {"g_loss": loss.detach(), "g_gan_loss": gan_loss.detach(), "fq_loss_g": fq_loss.detach()}
 
 
+@contextlib.contextmanager
+def _training_rng_untouched(device: torch.device) -> Iterator[None]:
+    """Run a measurement without moving the training's RNG streams (resumes stay bit-identical)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
+
+
+class TrainingFID:
+    """``--fid-every``: G EMA's Fréchet distance to the real data, measured on rank 0, and ``best``.
+
+    The yardstick (classifier or Inception, and the real statistics) is prepared once, by rank 0
+    while the other ranks wait; at each measurement rank 0 computes and broadcasts the value, so
+    every rank agrees on whether ``checkpoints/best`` is replaced.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run: TrainingRun,
+        dataset: ImageDataset,
+        model_config: dict[str, Any],
+        start_step: int,
+    ):
+        self.cfg, self.run = cfg, run
+        self.metric = "factor_fd" if cfg.data == "shapes" else "fid"
+        self.yardstick: FrechetYardstick | None = None  # rank 0's; None on the others
+        with run.main_process_first():
+            if run.dist.is_main:
+                count = default_sample_count(cfg.data, cfg.fid_samples, mixture=False)
+                self.z, self.y = fixed_noise(
+                    count, model_config, seed=cfg.seed + FID_NOISE_SEED_OFFSET, device=run.device
+                )
+                with _training_rng_untouched(run.device):
+                    self.yardstick = self._prepare(dataset)
+        self.best = BestCheckpoint(run, self.metric, start_step)
+
+    def _prepare(self, dataset: ImageDataset) -> FrechetYardstick:
+        cfg, run = self.cfg, self.run
+        if cfg.data == "shapes":
+            recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
+            return shapes_yardstick(recipe, cfg.fid_real_images, cfg.classifier_cache, run.device)
+        stats = cfg.fid_stats or str(run.run_dir / "fid_stats.npz")
+        return inception_yardstick(cfg.inception_weights, stats, lambda: dataset, FID_BATCH_SIZE, run.device)
+
+    def due(self, step: int) -> bool:
+        return step % self.cfg.fid_every == 0 or step == self.cfg.steps
+
+    def measure(self, generator: nn.Module) -> float:
+        """Rank 0 measures, every rank returns its value (NaN when G's samples gave no valid features)."""
+        value = None
+        if self.yardstick is not None:  # rank 0
+            try:
+                with _training_rng_untouched(self.run.device), self.run.precision.autocast():
+                    value = self.yardstick.measure(generator, self.z, self.y, FID_BATCH_SIZE)
+            except UserError as error:  # e.g. NaN images: no value, but the other ranks must not hang
+                self.run.logger.warning("%s not measured: %s", self.metric, error)
+                value = float("nan")
+        return float(broadcast_object(value))
+
+
+def _check_fid_options(cfg: TrainConfig, mixture: bool) -> None:
+    if cfg.fid_every < 0:
+        raise UserError(f"--fid-every must be 0 (off) or positive, got {cfg.fid_every}")
+    if cfg.fid_samples < 0 or cfg.fid_samples == 1:
+        raise UserError(f"--fid-samples must be 0 (the default count) or at least 2, got {cfg.fid_samples}")
+    if cfg.fid_every and mixture:
+        raise UserError(
+            f"--fid-every needs images; --data {cfg.data} is 2-D points (fqgan-eval counts their modes)"
+        )
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` leaves behind in memory (everything is also on disk under ``run_dir``)."""
@@ -338,6 +458,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     mixture = isinstance(dataset, MixtureDataset)
     if mixture and policy:
         raise UserError("--diffaug applies to images, not to the 2-D mixtures")
+    _check_fid_options(cfg, mixture)
     model_config = model_config_for(cfg, dataset)
     with torch.device("meta"):  # validate sizes and FQ layers before a run directory is touched
         build_models(model_config)
@@ -360,6 +481,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         gan = GANSteps(cfg, run, generator, discriminator, opt_g, opt_d)
         sampler = run.sampler(len(dataset), cfg.batch_size)
         grid_z, grid_y = fixed_noise(cfg.num_grid_samples, model_config, seed=cfg.seed, device=run.device)
+        fid = TrainingFID(cfg, run, dataset, model_config, start) if cfg.fid_every else None
         last: dict[str, float] = {}
         images_seen, clock = 0, time.perf_counter()
         for step in run.steps(start):
@@ -378,10 +500,23 @@ def train(cfg: TrainConfig) -> TrainResult:
                 raise run.diverged(f"discriminator features became non-finite at step {step}") from error
             ema.update(generator, step)
             images_seen += cfg.batch_size * (cfg.d_steps + 1) * run.dist.world_size
-            if run.should_log(step):
+            quality: dict[str, float] = {}
+            if fid is not None and fid.due(step):
+                measuring = time.perf_counter()
+                quality[fid.metric] = fid.measure(ema.model)
+                if fid.best.offer(step, quality[fid.metric]):
+                    run.logger.info(
+                        "step %d: %s %.4f is the best so far, saved as %s",
+                        step,
+                        fid.metric,
+                        quality[fid.metric],
+                        fid.best.path,
+                    )
+                clock += time.perf_counter() - measuring  # images_per_s stays a training throughput
+            if run.should_log(step) or quality:
                 elapsed = time.perf_counter() - clock
                 metrics = {**d_metrics, **g_metrics, "images_per_s": images_seen / max(elapsed, 1e-9)}
-                last = run.log(step, metrics)
+                last = run.log(step, {**metrics, **quality})
                 images_seen, clock = 0, time.perf_counter()
             if run.dist.is_main and (step % max(1, cfg.sample_every) == 0 or step == cfg.steps):
                 save_sample_grid(ema.model, grid_z, grid_y, run.samples_dir / f"step_{step:06d}.png", mixture)

@@ -112,17 +112,29 @@ class CheckpointManager:
         training_state: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write checkpoint ``step`` atomically, then prune to the newest ``keep_last``."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        final = self.path_for(step)
-        # Re-saving a step (e.g. after a resume) replaces it without a moment lacking a complete step_N.
-        with atomic_directory(final) as tmp:
+        final = self.write(self.path_for(step), modules, config, training_state)
+        self._prune()
+        return final
+
+    @staticmethod
+    def write(
+        folder: str | os.PathLike,
+        modules: Mapping[str, torch.nn.Module],
+        config: Mapping[str, Any],
+        training_state: Mapping[str, Any] | None = None,
+    ) -> Path:
+        """Write one checkpoint folder atomically (any name: ``step_N``, or e.g. ``best``).
+
+        An existing folder of that name is replaced without a moment lacking a complete one.
+        """
+        folder = Path(folder)
+        with atomic_directory(folder) as tmp:
             save_weights(tmp / WEIGHTS_FILE, modules)
             write_json_atomic(tmp / CONFIG_FILE, dict(config))
             if training_state is not None:
                 with open(tmp / STATE_FILE, "wb") as handle:
                     torch.save(dict(training_state), handle)
-        self._prune()
-        return final
+        return folder
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete hidden folders left by saves that a crash interrupted; return what was removed."""

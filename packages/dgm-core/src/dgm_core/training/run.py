@@ -242,8 +242,15 @@ class TrainingRun:
         self.logger.info("resumed from %s at step %d", checkpoint, step)
         return step
 
-    def save_checkpoint(self, step: int) -> Path | None:
-        """Save every tracked object (collective: call on all ranks). Returns the path on rank 0."""
+    def save_checkpoint(
+        self, step: int, folder: str | Path | None = None, record: Mapping[str, Any] | None = None
+    ) -> Path | None:
+        """Save every tracked object (collective: call on all ranks). Returns the path on rank 0.
+
+        By default into ``checkpoints/step_N`` (pruned to ``--keep-checkpoints``); with ``folder``
+        (e.g. ``checkpoints/best``) into that folder instead, outside the rotation, with
+        ``record`` added to its ``config.json``. Either way it can be resumed from.
+        """
         rng_states = all_gather_object(capture_rng_state())
         path = None
         if self.dist.is_main:
@@ -254,8 +261,11 @@ class TrainingRun:
                 "precision": self.precision.state_dict(),
                 "rng": rng_states,
             }
-            record = {**self.config_record(), "step": step}
-            path = self.checkpoints.save(step, self.models, record, training_state)
+            config = {**self.config_record(), **dict(record or {}), "step": step}
+            if folder is None:
+                path = self.checkpoints.save(step, self.models, config, training_state)
+            else:
+                path = CheckpointManager.write(folder, self.models, config, training_state)
         wait_for_everyone()
         return path
 

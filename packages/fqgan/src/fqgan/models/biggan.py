@@ -1,19 +1,27 @@
 """BigGAN-style ResNet generator and discriminator for 32×32 and 64×64 images (Brock et al., 2019).
 
-The layout follows the BigGAN-PyTorch architectures that FQ-GAN's reference code
-trains: spectral norm in G and D, class-conditional BatchNorm in G and a
-projection head in D when ``num_classes > 0`` (unconditional otherwise), N(0, 0.02)
-init, optional self-attention. With width ``ch``:
+The layout follows the BigGAN-PyTorch architectures (``G_arch``/``D_arch``) that
+FQ-GAN's reference code trains: spectral norm in G and D, class-conditional
+BatchNorm in G and a projection head in D when ``num_classes > 0``
+(unconditional otherwise), N(0, 0.02) init, optional self-attention. With width
+``ch`` (each block's output size in brackets):
 
-========  ===========================================  ===========================================
- res       G blocks (in → out channels, all upsample)   D blocks (out channels; ↓ = avg-pool 2)
-========  ===========================================  ===========================================
- 32        4ch → 4ch, ×3                                 4ch↓, 4ch↓, 4ch, 4ch
- 64        16ch → 16ch → 8ch → 4ch → 2ch                ch↓, 2ch↓, 4ch↓, 8ch↓, 16ch↓
-========  ===========================================  ===========================================
+G: a linear layer to 4×4, then up-sampling blocks (every block ×2):
+
+- 32: 4ch→4ch (8), 4ch→4ch (16), 4ch→4ch (32)
+- 64: 16ch→16ch (8), 16ch→8ch (16), 8ch→4ch (32), 4ch→2ch (64)
+
+D blocks (↓: average-pooled by 2):
+
+- 32: 3→4ch↓ (16), 4ch→4ch↓ (8), 4ch→4ch (8), 4ch→4ch (8)
+- 64: 3→ch↓ (32), ch→2ch↓ (16), 2ch→4ch↓ (8), 4ch→8ch↓ (4), 8ch→16ch (4)
+
+The last 64×64 D block does not downsample (``D_arch[64]``: ``[True] * 4 + [False]``), so
+D's last feature map is 4×4, as at 32×32 the last two blocks keep 8×8.
 
 FQ can follow any D block (``QuantizedDiscriminator``); FQ-GAN quantizes blocks
-0–3 at 32×32 and block 2 at 64×64.
+0–3 at 32×32 and block 2 at 64×64. The differences that remain from BigGAN-PyTorch
+/ FQ-BigGAN are listed in the package README ("Verified against the original").
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from fqgan.models.layers import (
 _G_ARCH = {32: ([4, 4, 4], [4, 4, 4]), 64: ([16, 16, 8, 4], [16, 8, 4, 2])}
 _D_ARCH = {
     32: ([4, 4, 4, 4], [True, True, False, False]),
-    64: ([1, 2, 4, 8, 16], [True, True, True, True, True]),
+    64: ([1, 2, 4, 8, 16], [True, True, True, True, False]),
 }
 RESOLUTIONS = tuple(sorted(_G_ARCH))
 

@@ -99,10 +99,66 @@ class ProjectionHead(nn.Module):
 
 
 def init_normal(module: nn.Module, std: float = 0.02) -> None:
-    """BigGAN's ``N02`` init: every conv/linear/embedding weight ~ N(0, 0.02), biases 0, cBN identity."""
+    """BigGAN's ``N02`` init: every conv/linear/embedding weight ~ N(0, 0.02), biases 0, cBN identity.
+
+    Spectral norm's power-iteration vectors are then set for the new weights
+    (:func:`refresh_spectral_norm`), so the model is normalised correctly before any training step.
+    """
     for name, sub in module.named_modules():
         if isinstance(sub, (nn.Conv2d, nn.Linear, nn.Embedding)) and not name.endswith(("gain", "bias")):
             weight = sub.parametrizations.weight.original if hasattr(sub, "parametrizations") else sub.weight
             nn.init.normal_(weight, 0.0, std)
             if getattr(sub, "bias", None) is not None and isinstance(sub.bias, torch.Tensor):
                 nn.init.zeros_(sub.bias)
+    refresh_spectral_norm(module)
+
+
+@torch.no_grad()
+def refresh_spectral_norm(module: nn.Module) -> None:
+    """Point every spectral norm's ``u``, ``v`` at the top singular pair of its current weight.
+
+    ``spectral_norm`` runs its power iteration when it is registered, on the layer's default
+    weights; re-initialising the weights afterwards leaves ``u``, ``v`` describing a different
+    matrix. Training-mode forwards would drift back within some steps, but an eval-mode forward
+    (which never iterates) of a fresh model would divide by ``uᵀWv`` of unrelated vectors — any
+    size, even negative. Setting the exact top singular pair here makes ``σ = uᵀWv`` the top
+    singular value from the start; later training-mode forwards continue the power iteration.
+    """
+    for sub in module.modules():
+        parametrizations = getattr(sub, "parametrizations", None)
+        if parametrizations is None or "weight" not in parametrizations:
+            continue
+        weight = parametrizations.weight.original
+        if weight.is_meta or weight.numel() == 0:  # shape validation on the meta device, or empty
+            continue
+        for parametrization in parametrizations.weight:
+            if not hasattr(parametrization, "_u"):  # not a spectral norm
+                continue
+            # The matrix spectral norm normalises: the `dim` axis first, everything else flattened.
+            matrix = weight.movedim(parametrization.dim, 0).flatten(1)
+            u, v = _top_singular_pair(matrix)
+            if u is not None:
+                parametrization._u.copy_(u)
+                parametrization._v.copy_(v)
+
+
+def _top_singular_pair(matrix: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Unit ``(u, v)`` with ``uᵀ M v = σ_max(M)``; ``(None, None)`` for a zero matrix.
+
+    Via the eigenvectors of the smaller Gram matrix in float64: as exact as an SVD for the top
+    pair, and several times faster on CPU for BigGAN's 1024 × 9216 convolutions.
+    """
+    m = matrix.double()
+    if m.shape[0] <= m.shape[1]:
+        u = torch.linalg.eigh(m @ m.T).eigenvectors[:, -1]  # eigenvalues ascend: the last is σ²_max
+        v = m.T @ u
+        norm = v.norm()
+        v = v / norm
+    else:
+        v = torch.linalg.eigh(m.T @ m).eigenvectors[:, -1]
+        u = m @ v
+        norm = u.norm()
+        u = u / norm
+    if norm == 0:
+        return None, None
+    return u.to(matrix.dtype), v.to(matrix.dtype)
