@@ -11,6 +11,9 @@ Sessions:
                 (every `>=` floor of its closure pinned with `==`), its fast tests
     demo        every package's main CLI on its embedded default (quick preset)
     bench       the benchmarks (never part of the default run)
+    gpu         on a CUDA machine: the Triton kernel against the torch search, EMAQuantizer against
+                vector-quantize-pytorch, bf16/fp16 steps of each paper-size model with TFLOP/s,
+                a 2-GPU DDP step; without CUDA it says so and passes
     lint        ruff
 
 The default `nox` runs the four tests sessions, tests_all and wheels.
@@ -255,6 +258,15 @@ def bench(session: nox.Session) -> None:
         for script in sorted((ROOT / "packages" / package / "benchmarks").glob("bench_*.py")):
             if not wanted or any(word in script.stem for word in wanted):
                 session.run("python", str(script), env=TEST_ENV)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The checks only a CUDA machine can make (benchmarks/gpu_check.py); never part of the default run."""
+    _prepare(session)
+    _install_packages(session, PACKAGES)
+    session.install("vector-quantize-pytorch")
+    session.run("python", str(ROOT / "benchmarks" / "gpu_check.py"), *session.posargs, env=TEST_ENV)
 
 
 @nox.session
