@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from dgm_core.errors import UserError
 from prevalent.data.synthetic import make_synthetic_dataset
+from prevalent.env import InMemoryFeatureStore, NavGraphs, write_feature_store
 from prevalent.finetune import main
-from prevalent.metrics import load_predictions
+from prevalent.metrics import check_trajectory, load_predictions
 from prevalent.model.agent import NavigationAgent
 from prevalent.model.encoder import EncoderConfig
 from prevalent.model.tokenizer import InstructionTokenizer
 from prevalent.pretrain import main as pretrain_main
-from prevalent.rollout import EpisodeRunner, nearest_help, open_world
+from prevalent.rollout import EpisodeRunner, World, nearest_help, open_world
 from prevalent.tasks import TASKS, TaskOptions, get_task
 
 TINY_MODEL = [
@@ -298,3 +301,180 @@ def test_claim_table_reports_mean_and_std_over_seeds(tmp_path):
     table = (tmp_path / "claim.md").read_text()
     assert "| hanna | SR | 0.075 ± 0.025 | 0.100 ± 0.000 | 0.300 ± 0.100 |" in table
     assert "| hanna | help_requests | — | 1.000 ± 0.000 | 1.000 ± 0.000 |" in table
+
+
+# ------------------------------------------------------------------------------ CVDN dialog histories
+
+
+def _history_runner(data_dir: Path, tokenizer: InstructionTokenizer, max_text_length: int) -> EpisodeRunner:
+    """The runner fine-tuning, evaluation and prediction tokenize CVDN texts with."""
+    graphs = NavGraphs(data_dir / "connectivity")
+    store = InMemoryFeatureStore({("none", "none"): np.zeros((36, 8), np.float32)})  # no step is taken
+    world = World(data_dir, graphs, store, synthetic=False)
+    return EpisodeRunner(get_task("cvdn"), world, tokenizer, max_text_length, 8, 20, 0, torch.device("cpu"))
+
+
+def _kept_pieces(tokenizer: InstructionTokenizer, row: torch.Tensor) -> list[int]:
+    ids = [int(i) for i in row if int(i) != tokenizer.pad_id]
+    assert ids[0] == tokenizer.cls_id and ids[-1] == tokenizer.sep_id
+    return ids[1:-1]
+
+
+@pytest.mark.integration
+def test_real_cvdn_histories_keep_the_target_and_the_latest_turns_when_cut(vln_data):
+    task = get_task("cvdn")
+    episodes = task.load(vln_data, "val_seen", TaskOptions(history="all"), unsupervised=True)
+    texts = [e.instruction for e in episodes]
+    tokenizer = InstructionTokenizer.train(texts, vocab_size=400)
+    max_length = 32  # the sample's histories are 4 to 68 word pieces long
+    batch = _history_runner(vln_data, tokenizer, max_length).tokenize(texts)
+    cut = 0
+    for episode, row in zip(episodes, batch.input_ids):
+        pieces = tokenizer.tokenizer.encode(episode.instruction, add_special_tokens=False).ids
+        kept = _kept_pieces(tokenizer, row)
+        target = tokenizer.tokenizer.encode(f"<TAR> {episode.source.target}", add_special_tokens=False).ids
+        assert kept[-len(target) :] == target  # every history ends with its target
+        # The NDH tokenizer's rule: an over-long history loses its first words, so what is kept is
+        # the history's last pieces (the latest exchanges, then the target).
+        assert kept == pieces[-(max_length - 2) :]
+        if len(pieces) > max_length - 2:
+            cut += 1
+            last_answer = tokenizer.tokenizer.encode(
+                episode.source.dialog_history[-1].message, add_special_tokens=False
+            ).ids
+            assert kept[-len(target) - len(last_answer) : -len(target)] == last_answer
+    assert cut >= 3 and batch.truncated == cut
+
+
+def test_a_long_synthetic_dialog_is_cut_from_its_start_at_the_default_length(tiny_world, tmp_path):
+    from prevalent.finetune import FinetuneConfig
+
+    scan = get_task("cvdn").load(tiny_world, "val_unseen", TaskOptions())[0].source
+    turns = []
+    for k in range(12):
+        turns.append(
+            {"nav_idx": k, "role": "navigator", "message": f"question number {k} where should i go now"}
+        )
+        turns.append(
+            {"nav_idx": k, "role": "oracle", "message": f"answer number {k} walk past the blue sofa"}
+        )
+    turns[-1]["message"] = "turn left at the fridge and stop by the sink"
+    record = {
+        "inst_idx": 7,
+        "scan": scan.scan,
+        "target": "mug",
+        "start_pano": {"heading": 0.0, "elevation": 0.0, "pano": scan.start},
+        "dialog_history": turns,
+        "nav_history": [],
+    }
+    data = tmp_path / "data"
+    (data / "NDH").mkdir(parents=True)
+    (data / "NDH" / "long.json").write_text(json.dumps([record]))
+    (data / "connectivity").symlink_to(tiny_world / "connectivity")
+    episode = get_task("cvdn").load(data, "long", TaskOptions(history="all"), unsupervised=True)[0]
+    tokenizer = InstructionTokenizer.train([episode.instruction], vocab_size=200)
+    default_length = FinetuneConfig.max_text_length
+    batch = _history_runner(data, tokenizer, default_length).tokenize([episode.instruction])
+    assert batch.truncated == 1
+    kept = tokenizer.decode(_kept_pieces(tokenizer, batch.input_ids[0]))
+    assert kept.endswith("< ora > turn left at the fridge and stop by the sink < tar > mug")
+    assert "question number 0 " not in kept and "question number 11 " in kept
+
+
+# ------------------------------------------------------------------------------ leaderboard test splits
+
+
+def _world_with_a_test_split(tiny_world: Path, folder: Path) -> Path:
+    """A copy of the world whose R2R and NDH test splits are val_unseen stripped of paths and goals,
+    as the leaderboard's test files are."""
+    shutil.copytree(tiny_world, folder)
+    r2r = json.loads((folder / "R2R" / "R2R_val_unseen.json").read_text())
+    for item in r2r:
+        item["path"] = item["path"][:1]  # the test split gives only the start
+        del item["distance"]
+    (folder / "R2R" / "R2R_test.json").write_text(json.dumps(r2r))
+    ndh = json.loads((folder / "NDH" / "val_unseen.json").read_text())
+    training_only = ("game_idx", "end_panos", "planner_path", "player_path")
+    ndh = [{k: v for k, v in item.items() if k not in training_only} for item in ndh]
+    (folder / "NDH" / "test.json").write_text(json.dumps(ndh))
+    return folder
+
+
+@pytest.mark.parametrize("task", ["r2r", "cvdn"])
+def test_a_test_split_is_predicted_in_the_submission_format(task, tiny_world, tiny_bundle, tmp_path, capsys):
+    world = _world_with_a_test_split(tiny_world, tmp_path / "world")
+    test_records = get_task(task).read(get_task(task).split_file(world, "test"), TaskOptions())
+    assert test_records and all(r.path is None for r in test_records)  # nothing to supervise or score
+    run_dir = tmp_path / "run"
+    args = finetune_args(world, run_dir, task, str(tiny_bundle), 1, "--predict-splits", "test")
+    assert main([*args, "--render-episodes", "0"]) == 0
+
+    submission = json.loads((run_dir / "predictions_test.json").read_text())
+    predictions = load_predictions(run_dir / "predictions_test.json")  # this package's own loader
+    assert set(predictions) == {r.instr_id for r in test_records} and len(submission) == len(test_records)
+    graphs = NavGraphs(world / "connectivity")
+    for record in test_records:
+        trajectory = predictions[record.instr_id]
+        assert all(len(step) == 3 for step in trajectory)  # [viewpoint, heading, elevation]
+        check_trajectory(graphs[record.scan], record.instr_id, trajectory, record.start)  # legal moves
+    if task == "cvdn":  # CVDN's evaluator reads the instance index
+        assert all(entry["inst_idx"] == int(entry["instr_id"]) for entry in submission)
+    assert (run_dir / "predictions_val_unseen.json").is_file()
+
+    # A finished run asked again only predicts: it resumes at its last step and trains no further.
+    before = (run_dir / "metrics.jsonl").read_text().count('"action_loss"')
+    (run_dir / "predictions_test.json").unlink()
+    assert main([*args, "--render-episodes", "0"]) == 0
+    assert load_predictions(run_dir / "predictions_test.json") == predictions
+    assert (run_dir / "metrics.jsonl").read_text().count('"action_loss"') == before
+
+    # A split without goals cannot be trained or scored on; the error says what to do instead.
+    capsys.readouterr()
+    assert (
+        main(finetune_args(world, tmp_path / "bad", task, str(tiny_bundle), 1, "--eval-split", "test")) == 2
+    )
+    assert "--predict-splits" in capsys.readouterr().err
+
+
+def test_features_missing_for_a_reachable_viewpoint_are_refused_before_training(
+    tiny_world, tiny_bundle, tmp_path, capsys
+):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(tiny_world, "val_unseen", TaskOptions())
+    scan = episodes[0].scan
+    on_paths = {vp for e in episodes if e.scan == scan for vp in e.path}
+    # Off every reference path, yet an agent may walk there.
+    lacking = next(vp for vp in world.graphs[scan].viewpoints if vp not in on_paths)
+    items = [
+        (s, vp, world.features[s, vp])
+        for s in world.graphs.available_scans()
+        for vp in world.graphs[s].viewpoints
+        if (s, vp) != (scan, lacking)
+    ]
+    store = write_feature_store(tmp_path / "partial", items, dtype="float32")
+    run_dir = tmp_path / "run"
+    args = finetune_args(tiny_world, run_dir, "r2r", str(tiny_bundle), 1, "--features", str(store))
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"scan {scan} viewpoint(s) {lacking}" in error
+    assert "lacks features" in error and not (run_dir / "checkpoints").exists()
+
+
+def test_grad_accum_rolls_out_micro_batches_of_the_batch_size(tiny_world, tiny_bundle, tmp_path, monkeypatch):
+    rollouts: list[tuple[str, int]] = []
+    original_run = EpisodeRunner.run
+
+    def recording_run(self, agent, episodes, feedback):
+        rollouts.append((feedback, len(episodes)))
+        return original_run(self, agent, episodes, feedback)
+
+    monkeypatch.setattr(EpisodeRunner, "run", recording_run)
+    run_dir = tmp_path / "accum"
+    args = finetune_args(
+        tiny_world, run_dir, "r2r", str(tiny_bundle), 2, "--grad-accum", "2", "--render-episodes", "0"
+    )
+    assert main(args) == 0
+    training = [size for feedback, size in rollouts if feedback != "argmax"]
+    assert training == [3, 3, 3, 3]  # 2 steps x 2 micro-batches of --batch-size 3
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum("action_loss" in r for r in rows) == 2  # one record per optimizer step

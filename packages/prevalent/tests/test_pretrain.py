@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +12,17 @@ import torch
 from safetensors.torch import load_file
 
 from dgm_core.testing import run_distributed
+from dgm_core.training import TrainingRun
 from prevalent.data.synthetic import make_synthetic_dataset
-from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv
+from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv, write_feature_store
+from prevalent.model.encoder import EncoderConfig
+from prevalent.model.heads import IGNORE_INDEX, PrevalentPretrainingModel
 from prevalent.model.masking import MaskingRule
 from prevalent.model.pretrained import load_bundle
-from prevalent.model.tokenizer import InstructionTokenizer
-from prevalent.pretrain import TripletBatcher, main, teacher_triplets
+from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
+from prevalent.pretrain import PretrainConfig, TripletBatcher, accumulate_gradients, main, teacher_triplets
 from prevalent.rollout import open_world
-from prevalent.tasks import TaskOptions, get_task
+from prevalent.tasks import TaskOptions, get_task, training_texts
 
 TINY_MODEL = [
     "--hidden-size",
@@ -151,17 +155,146 @@ def test_pretrain_losses_fall(tiny_world, tmp_path):
 def test_resume_continues_bit_identically(tiny_world, tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(tiny_args(tiny_world, straight, 4, "--checkpoint-every", "2")) == 0
-    # WordPiece training may break ties differently run to run; the run keeps its tokenizer, so
-    # the second run starts from the first one's (as a resumed run reads its own).
-    resumed.mkdir()
-    shutil.copy(straight / "tokenizer.json", resumed / "tokenizer.json")
+    # Each run learns its own vocabulary (no file shared between them): the same bytes.
     assert main(tiny_args(tiny_world, resumed, 2, "--checkpoint-every", "2")) == 0
+    assert (resumed / "tokenizer.json").read_bytes() == (straight / "tokenizer.json").read_bytes()
     assert main(tiny_args(tiny_world, resumed, 4, "--checkpoint-every", "2")) == 0
     a = load_file(str(straight / "encoder" / "model.safetensors"))
     b = load_file(str(resumed / "encoder" / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_four_micro_batches_of_8_give_the_gradients_of_one_batch_of_32(tiny_world, tmp_path):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(world.data_dir, "train", TaskOptions())
+    triplets = teacher_triplets(episodes, world)
+    tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=200)
+    rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
+    batch = TripletBatcher(episodes, triplets, world, tokenizer, 48, 8, rule).batch(
+        list(range(32)), torch.Generator().manual_seed(0)
+    )
+    masked_per_micro_batch = (batch.mlm_labels != IGNORE_INDEX).view(4, -1).sum(dim=1)
+    assert len(set(masked_per_micro_batch.tolist())) > 1  # unequal: a plain mean of means would be off
+    config = EncoderConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        image_feature_size=8,
+        angle_feature_size=8,
+        max_text_length=48,
+        dropout=0.0,  # so that both passes compute the same function
+    )
+    torch.manual_seed(0)
+    model = PrevalentPretrainingModel(config)
+
+    # The reference: one batch of 32, the model's own mean losses.
+    whole = model(**batch.model_inputs())
+    whole.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    seen: list[int] = []
+    model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(len(kwargs["input_ids"])), with_kwargs=True
+    )
+    cfg = PretrainConfig(run_dir=str(tmp_path / "run"), grad_accum=4, device="cpu", progress=False)
+    with TrainingRun(cfg, model_config={}, name="accumulation-check") as run:
+        losses = accumulate_gradients(run, model, batch)
+    assert seen == [8, 8, 8, 8]
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == set(expected)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-5, atol=1e-7, msg=name)
+    torch.testing.assert_close(losses["loss"], whole.loss.detach())
+    torch.testing.assert_close(losses["mlm_loss"], whole.mlm_loss.detach())
+
+
+def test_pretrain_cli_with_grad_accum_logs_the_losses_of_the_whole_step(tiny_world, tmp_path):
+    first_losses = []
+    for name, split in (
+        ("whole", ["--batch-size", "8"]),
+        ("accum", ["--batch-size", "4", "--grad-accum", "2"]),
+    ):
+        run_dir = tmp_path / name
+        args = [*tiny_args(tiny_world, run_dir, 1, "--eval-every", "100", "--dropout", "0"), *split]
+        assert main(args) == 0
+        assert json.loads((run_dir / "config.json").read_text())["run"]["batch_size"] == int(split[1])
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        first_losses.append(next(r for r in rows if "mlm_loss" in r))
+    whole, accumulated = first_losses
+    for name in ("loss", "mlm_loss", "action_loss"):  # the same 8 triplets, the same masks
+        assert accumulated[name] == pytest.approx(whole[name], rel=1e-5)
+
+
+def test_two_vocabulary_builds_are_byte_identical(tiny_world, tmp_path):
+    """Every WordPiece training on the same texts writes the same file. (The tokenizers trainer
+    alone numbered and tied pieces in hash-map order, which changes between trainings.)"""
+    texts = training_texts(tiny_world)
+    for k in range(3):
+        build_tokenizer(lambda: texts, 1000, cache=tmp_path / f"build-{k}.json")
+    files = sorted(tmp_path.glob("*.json"))
+    assert len(files) == 3
+    assert len({f.read_bytes() for f in files}) == 1
+    # Still a plain WordPiece vocabulary: continuation pieces are ordinary tokens, not special ones.
+    tokenizer = InstructionTokenizer.load(files[0])
+    pieces = tokenizer.tokenizer.encode("walk ##e", add_special_tokens=False).tokens
+    assert pieces[0] == "walk" and "##e" not in pieces
+    assert tokenizer.decode(tokenizer.token_ids(texts[0], 200)[0]) == texts[0].lower()
+
+
+@pytest.mark.slow
+def test_vocabulary_builds_in_separate_processes_are_byte_identical(tiny_world, tmp_path):
+    """Each process seeds its hash maps differently: two single-process builds, the same file."""
+    build = (
+        "import sys; from pathlib import Path; from prevalent.model.tokenizer import build_tokenizer; "
+        "from prevalent.tasks import training_texts; "
+        "build_tokenizer(lambda: training_texts(Path(sys.argv[1])), 1000, cache=Path(sys.argv[2]))"
+    )
+    for name in ("a.json", "b.json"):
+        subprocess.run(
+            [sys.executable, "-c", build, str(tiny_world), str(tmp_path / name)], check=True, timeout=300
+        )
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def _store_without(world, lacking: set[tuple[str, str]], folder: Path) -> Path:
+    """A copy of ``world``'s feature store without the ``lacking`` (scan, viewpoint) pairs."""
+    items = [
+        (scan, vp, world.features[scan, vp])
+        for scan in world.graphs.available_scans()
+        for vp in world.graphs[scan].viewpoints
+        if (scan, vp) in world.features and (scan, vp) not in lacking
+    ]
+    return write_feature_store(folder, items, dtype="float32")
+
+
+def test_features_missing_for_the_triplets_are_refused_before_training(tiny_world, tmp_path, capsys):
+    world = open_world(str(tiny_world), "")
+    held_out = get_task("r2r").load(world.data_dir, "val_unseen", TaskOptions())
+    # The start of a held-out path (an unseen house): an unchecked run would meet it only at its
+    # first evaluation, after training.
+    lacking = (held_out[0].scan, held_out[0].start)
+    store = _store_without(world, {lacking}, tmp_path / "partial")
+    run_dir = tmp_path / "run"
+    assert main(tiny_args(tiny_world, run_dir, 4, "--features", str(store))) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "lacks features" in error[0]
+    assert f"scan {lacking[0]} viewpoint(s) {lacking[1]}" in error[0]
+    assert not (run_dir / "checkpoints").exists()
+    metrics = run_dir / "metrics.jsonl"
+    assert not metrics.exists() or "loss" not in metrics.read_text()  # no step was trained
+
+    scan = held_out[0].scan  # a whole scan missing is named as such
+    store = _store_without(
+        world, {(scan, vp) for vp in world.graphs[scan].viewpoints}, tmp_path / "no-scan.safetensors"
+    )
+    assert main(tiny_args(tiny_world, tmp_path / "run2", 4, "--features", str(store))) == 2
+    assert f"scan {scan} (none of its" in capsys.readouterr().err
 
 
 def test_bad_input_is_a_one_line_error(tiny_world, tmp_path, capsys):

@@ -1,7 +1,9 @@
 """``prevalent-convert``: turn an original PREVALENT checkpoint into an encoder bundle.
 
-The released pretraining code (``HugAddActionPreTrain`` around ``BertAddModel``) names its
-weights::
+The released pretraining code (``tasks/R2R/nav_dic_pretrain.py`` of PREVALENT_R2R) trains
+``DicAddActionPreTrain`` (``pretrain_class.py``), whose ``bert`` is a ``DicModel``
+(``vilmodel.py``: ``lalayer`` BERT layers, ``addlayer`` LXMERT-style ``LXRTXLayer`` s and a
+``VisionEncoder``). Its weights are named::
 
     bert.embeddings.*                      -> encoder.embeddings.*
     bert.lalayer.N.*                       -> encoder.text_layers.N.*            (BERT layers)
@@ -10,7 +12,7 @@ weights::
     bert.addlayer.N.lang_self_att.* / visn_self_att.* -> ...text_self_attention.* / vision_self_attention.*
     bert.addlayer.N.lang_inter.* / visn_inter.*     -> ...text_intermediate.* / vision_intermediate.*
     bert.addlayer.N.lang_output.* / visn_output.*   -> ...text_output.* / vision_output.*
-    bert.vision_encoder.visn_fc.*          -> encoder.vision_projection.proj.*
+    bert.vision_encoder.visn_fc.*          -> encoder.vision_projection.proj.*   (angle columns reordered)
     bert.vision_encoder.visn_layer_norm.*  -> encoder.vision_projection.layer_norm.*
     bert.pooler.*                          -> encoder.pooler.*
     mlmhead.predictions.transform.dense.*  -> mlm_head.dense.*
@@ -18,6 +20,19 @@ weights::
     mlmhead.predictions.bias               -> mlm_head.bias
     mlmhead.predictions.decoder.weight     -> (tied to the word embeddings; checked, not stored)
     next_action.*                          -> (skipped: see below)
+
+(The same file's ``HugAddActionPreTrain`` wraps ``BertAddModel``, a single-stream model with
+other names — ``bert.encoder.layer``, ``bert.addlayer.layer``, ``img_embedding`` — which this
+converter does not read.)
+
+**Orientation columns.** The original pretraining data (``batch_loader.py``) built each view's
+128-d orientation feature in a *block* layout, ``32 × sin h | 32 × cos h | 32 × sin e | 32 × cos e``,
+while this package feeds the interleaved ``(sin h, cos h, sin e, cos e) × 32``
+(:mod:`prevalent.env.angles`). Both hold the same numbers in another order, so reordering the
+orientation columns of ``visn_fc.weight`` makes the converted projection compute exactly what the
+original computed on its own layout. ``--angle-layout interleaved`` skips the reordering, for a
+checkpoint that was trained further on interleaved features (the EnvDrop-style fine-tuning code
+``r2r_src`` builds them that way).
 
 The original ``next_action`` head is a fixed-size linear classifier over panorama slots;
 this package's action head scores the candidates themselves (STOP at index 0), so there is
@@ -64,6 +79,10 @@ _FIXED_RENAMES = {
     "mlmhead.predictions.transform.LayerNorm.": "mlm_head.layer_norm.",
 }
 
+VISION_PROJECTION = "bert.vision_encoder.visn_fc.weight"
+#: how the checkpoint's vision projection reads its orientation columns (see the module docstring)
+ANGLE_LAYOUTS = ("block", "interleaved")
+
 
 @dataclass
 class ConversionReport:
@@ -71,6 +90,8 @@ class ConversionReport:
 
     mapped: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: mapped tensors whose values were rearranged, not copied as they are (name -> how)
+    rearranged: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
@@ -79,7 +100,18 @@ class ConversionReport:
         parts = [f"{len(self.mapped)} tensors mapped"] + [
             f"{n} skipped ({why})" for why, n in sorted(reasons.items())
         ]
+        parts += [f"{name}: {how}" for name, how in self.rearranged.items()]
         return ", ".join(parts)
+
+
+def block_to_interleaved_columns(angle_feature_size: int) -> torch.Tensor:
+    """For each column of the interleaved orientation feature, the block-layout column with its value.
+
+    Interleaved position ``4k + c`` holds the ``k``-th copy of component ``c`` (sin h, cos h, sin e,
+    cos e); the block layout keeps that copy at ``c · (size / 4) + k``.
+    """
+    copies = angle_feature_size // 4
+    return torch.tensor([component * copies + k for k in range(copies) for component in range(4)])
 
 
 def _normalise(name: str) -> str:
@@ -136,7 +168,9 @@ def infer_config(
         intermediate = need("bert.lalayer.0.intermediate.dense.weight").shape[0]
     else:
         raise UserError("not a PREVALENT checkpoint: no bert.lalayer.N nor bert.addlayer.N tensors")
-    vision_in = need("bert.vision_encoder.visn_fc.weight").shape[1]
+    vision_in = need(VISION_PROJECTION).shape[1]
+    if angle_feature_size <= 0 or angle_feature_size % 4:
+        raise UserError(f"--angle-feature-size must be a positive multiple of 4, got {angle_feature_size}")
     if vision_in <= angle_feature_size:
         raise UserError(
             f"vision projection takes {vision_in} features, not more than "
@@ -160,9 +194,19 @@ def infer_config(
 
 
 def convert_state_dict(
-    original: dict[str, torch.Tensor], num_attention_heads: int | None = None, angle_feature_size: int = 128
+    original: dict[str, torch.Tensor],
+    num_attention_heads: int | None = None,
+    angle_feature_size: int = 128,
+    angle_layout: str = "block",
 ) -> tuple[PrevalentPretrainingModel, ConversionReport]:
-    """Build a :class:`PrevalentPretrainingModel` holding the original weights."""
+    """Build a :class:`PrevalentPretrainingModel` holding the original weights.
+
+    ``angle_layout`` is the orientation-feature layout the checkpoint's vision projection was
+    trained on: ``block`` (the original pretraining) has its columns reordered to this package's
+    interleaved layout; ``interleaved`` is copied as it is.
+    """
+    if angle_layout not in ANGLE_LAYOUTS:
+        raise UserError(f"unknown angle layout {angle_layout!r}; choose one of {', '.join(ANGLE_LAYOUTS)}")
     config = infer_config(original, num_attention_heads, angle_feature_size)
     model = PrevalentPretrainingModel(config)
     own = model.state_dict()
@@ -199,7 +243,13 @@ def convert_state_dict(
                 f"original tensor {name} has shape {tuple(tensor.shape)}, "
                 f"{target} expects {tuple(own[target].shape)}"
             )
-        new_state[target] = tensor.float()
+        tensor = tensor.float()
+        if plain == VISION_PROJECTION and angle_layout == "block":
+            image = config.image_feature_size
+            order = block_to_interleaved_columns(config.angle_feature_size)
+            tensor = torch.cat([tensor[:, :image], tensor[:, image:][:, order]], dim=1)
+            report.rearranged[name] = "orientation columns reordered from the block to the interleaved layout"
+        new_state[target] = tensor
         report.mapped[name] = target
     missing = [k for k in own if k.startswith(("encoder.", "mlm_head.")) and k not in new_state]
     if missing:
@@ -245,6 +295,12 @@ class ConvertConfig:
     )
     num_attention_heads: int = option(0, help="Attention heads (0: hidden_size / 64, as in BERT).")
     angle_feature_size: int = option(128, help="Width of the orientation feature inside the vision input.")
+    angle_layout: str = option(
+        "block",
+        help="Orientation layout the checkpoint was trained on: block (the original pretraining: "
+        "32 sin h | 32 cos h | 32 sin e | 32 cos e; reordered here) or interleaved (copied as is).",
+        choices=ANGLE_LAYOUTS,
+    )
 
 
 def convert(cfg: ConvertConfig) -> int:
@@ -254,14 +310,17 @@ def convert(cfg: ConvertConfig) -> int:
     if (output / WEIGHTS_FILE).exists():
         raise UserError(f"{output} already holds a bundle; choose another --output (nothing was overwritten)")
     original = read_original_checkpoint(cfg.checkpoint)
-    model, report = convert_state_dict(original, cfg.num_attention_heads or None, cfg.angle_feature_size)
+    model, report = convert_state_dict(
+        original, cfg.num_attention_heads or None, cfg.angle_feature_size, cfg.angle_layout
+    )
     tokenizer = InstructionTokenizer.from_bert_vocab(cfg.vocab) if cfg.vocab else None
     if tokenizer is not None and tokenizer.vocab_size != model.config.vocab_size:
         raise UserError(
             f"--vocab has {tokenizer.vocab_size} tokens, "
             f"the checkpoint's embeddings {model.config.vocab_size}"
         )
-    save_bundle(output, model, tokenizer, extra={"converted_from": str(cfg.checkpoint)})
+    extra = {"converted_from": str(cfg.checkpoint), "converted_angle_layout": cfg.angle_layout}
+    save_bundle(output, model, tokenizer, extra=extra)
     print(f"prevalent-convert: {report.summary()}; wrote {output}")
     if tokenizer is None:
         print(

@@ -17,12 +17,24 @@ used, so every task runs with no argument beyond ``--task``. The pretrained enco
 ``--pretrained`` (default ``runs/prevalent-pretrain/encoder``, where ``prevalent-pretrain`` writes
 it); ``--pretrained none`` fine-tunes from scratch (``--tokenizer`` can hand it the pretrained
 bundle's vocabulary for a like-for-like baseline).
+
+``--predict-splits test`` also runs the final agent on splits without paths or goals (the
+leaderboard's test splits) and writes ``predictions_<split>.json`` in the submission format. Run
+again on a finished run (same ``--run-dir``), the command resumes at its last step, trains no
+further and only evaluates and predicts.
+
+``--grad-accum N`` rolls each optimizer step's ``N × --batch-size`` episodes out in ``N``
+micro-batches of ``--batch-size``, one backward each, so memory is that of one micro-batch. A
+rollout's loss is the mean over its own supervised steps, and the step averages the micro-batches'
+losses; one rollout of all the episodes would average over all their steps at once, which weighs
+episodes the same way only when the micro-batches supervise equally many steps.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +51,15 @@ from prevalent.model.encoder import EncoderConfig, size_options
 from prevalent.model.pretrained import load_bundle, read_bundle_config
 from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
 from prevalent.render import render_episode_maps
-from prevalent.rollout import FEEDBACK, EpisodeRunner, World, baseline_predictions, data_paths, open_world
+from prevalent.rollout import (
+    FEEDBACK,
+    EpisodeRunner,
+    Rollout,
+    World,
+    baseline_predictions,
+    data_paths,
+    open_world,
+)
 from prevalent.tasks import TASKS, NavEpisode, Task, TaskOptions, get_task, training_texts
 
 DEFAULT_PRETRAINED = "runs/prevalent-pretrain/encoder"
@@ -49,10 +69,10 @@ DEFAULT_PRETRAINED = "runs/prevalent-pretrain/encoder"
 
 
 @torch.no_grad()
-def evaluate_agent(
+def predict(
     agent: NavigationAgent, runner: EpisodeRunner, episodes: list[NavEpisode], batch_size: int
-) -> tuple[dict[str, float], list[dict]]:
-    """Greedy rollouts on ``episodes``; returns (the task's metrics, the predictions)."""
+) -> tuple[list[dict], list[int]]:
+    """Greedy rollouts on ``episodes`` (with or without goals); returns (trajectories, help used)."""
     was_training = agent.training
     agent.eval()
     predictions: list[dict] = []
@@ -62,6 +82,14 @@ def evaluate_agent(
         predictions += rollout.trajectories
         help_used += rollout.help_used
     agent.train(was_training)
+    return predictions, help_used
+
+
+def evaluate_agent(
+    agent: NavigationAgent, runner: EpisodeRunner, episodes: list[NavEpisode], batch_size: int
+) -> tuple[dict[str, float], list[dict]]:
+    """Greedy rollouts on ``episodes``; returns (the task's metrics, the predictions)."""
+    predictions, help_used = predict(agent, runner, episodes, batch_size)
     report = runner.task.evaluate([e.source for e in episodes], runner.world.graphs, _by_id(predictions))
     metrics = dict(report.metrics)
     if runner.help_budget:
@@ -111,6 +139,11 @@ class FinetuneConfig(TrainingConfig):
     )
     train_split: str = option("train", help="Training split.")
     eval_split: str = option("val_unseen", help="Evaluation split (unseen houses).")
+    predict_splits: list[str] = option(
+        default_factory=list,
+        help="Splits to run the final agent on and write predictions_<split>.json for (submission "
+        "format), goals or not: e.g. the leaderboard's test split.",
+    )
     history: str = option("all", help="CVDN dialog history mode.", choices=HISTORY_MODES)
     path_type: str = option("trusted", help="CVDN supervision path.", choices=PATH_TYPES)
     help_budget: int = option(2, help="HANNA: how many times the agent may ask for help per episode.")
@@ -164,8 +197,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
         eval_episodes = task.load(world.data_dir, cfg.eval_split, options)
         if not train_episodes or not eval_episodes:
             raise UserError(
-                f"task {task.name}: no episodes in split {cfg.train_split!r} or {cfg.eval_split!r}"
+                f"task {task.name}: no episodes with a goal in split {cfg.train_split!r} or "
+                f"{cfg.eval_split!r} (a test split is predicted with --predict-splits, not trained "
+                "or scored)"
             )
+        predict_episodes = {
+            split: task.load(world.data_dir, split, options, unsupervised=True) for split in _splits(cfg)
+        }
+        # Every viewpoint an agent may reach must have features: refused now, not mid-run.
+        splits = ", ".join(dict.fromkeys([cfg.train_split, cfg.eval_split, *predict_episodes]))
+        every_episode = [*train_episodes, *eval_episodes, *chain.from_iterable(predict_episodes.values())]
+        world.require_features(every_episode, f"the {task.name} splits {splits}")
         if bundle_config is not None:
             if bundle_config.image_feature_size != world.feature_size:
                 raise UserError(
@@ -218,26 +260,23 @@ def finetune(cfg: FinetuneConfig) -> dict:
         last_eval: dict[str, float] = {}
         predictions: list[dict] = []
         for step, indices in zip(run.steps(start), sampler):
-            episodes = [train_episodes[i] for i in indices]
-            with run.precision.autocast():
-                rollout = runner.run(agent, episodes, cfg.feedback)
-            run.precision.backward(rollout.loss)
+            # --grad-accum: one rollout and backward per micro-batch of --batch-size episodes; the
+            # agent is not DDP-wrapped (see above), so gradients are averaged over ranks once, below.
+            logging = run.should_log(step)
+            logged: list[dict[str, float]] = []
+            for chunk, sync in run.micro_batches(agent, list(indices)):
+                episodes = [train_episodes[i] for i in chunk]
+                with sync, run.precision.autocast():
+                    rollout = runner.run(agent, episodes, cfg.feedback)
+                if logging:
+                    run.check_finite(step, {"loss": rollout.loss})
+                    logged.append(_rollout_metrics(rollout, runner.help_budget))
+                run.precision.backward(rollout.loss / cfg.grad_accum)
             average_gradients(agent)
             run.precision.step(optimizer, max_grad_norm=cfg.max_grad_norm)
             optimizer.zero_grad(set_to_none=True)
-            if run.should_log(step):
-                run.check_finite(step, {"loss": rollout.loss})
-                metrics = {
-                    "loss": rollout.loss,
-                    "action_loss": rollout.action_loss,
-                    "teacher_accuracy": rollout.teacher_accuracy,
-                }
-                if runner.help_budget:
-                    metrics |= {
-                        "help_loss": rollout.help_loss,
-                        "help_requests": float(np.mean(rollout.help_used)),
-                    }
-                run.log(step, metrics)
+            if logging:  # the step's mean over its micro-batches
+                run.log(step, {name: float(np.mean([m[name] for m in logged])) for name in logged[0]})
             if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
                 with run.precision.autocast():
                     last_eval, predictions = evaluate_agent(agent, runner, eval_episodes, cfg.batch_size * 2)
@@ -252,6 +291,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if not last_eval:  # resumed at the final step: evaluate once more
             with run.precision.autocast():
                 last_eval, predictions = evaluate_agent(agent, runner, eval_episodes, cfg.batch_size * 2)
+        predicted: dict[str, list[dict]] = {}
+        for split, episodes in predict_episodes.items():
+            with run.precision.autocast():
+                predicted[split], _ = predict(agent, runner, episodes, cfg.batch_size * 2)
         record = {
             "task": task.name,
             "split": cfg.eval_split,
@@ -263,11 +306,31 @@ def finetune(cfg: FinetuneConfig) -> dict:
         }
         if run.dist.is_main:
             run.write_json("eval.json", record)
-            run.write_json(f"predictions_{cfg.eval_split}.json", predictions)
+            run.write_json(f"predictions_{cfg.eval_split}.json", task.submission(predictions))
             _render(run, world, eval_episodes, predictions, cfg.render_episodes)
             print(f"prevalent-finetune {task.name}: {cfg.eval_split} {_fmt(last_eval)}")
             print(f"prevalent-finetune {task.name}: random agent {_fmt(random_metrics)}")
+            for split, trajectories in predicted.items():
+                path = run.write_json(f"predictions_{split}.json", task.submission(trajectories))
+                print(f"prevalent-finetune {task.name}: {len(trajectories)} {split} predictions in {path}")
     return record
+
+
+def _splits(cfg: FinetuneConfig) -> list[str]:
+    """``--predict-splits`` as a list (space- or comma-separated, each split once)."""
+    return list(dict.fromkeys(s for item in cfg.predict_splits for s in item.split(",") if s))
+
+
+def _rollout_metrics(rollout: Rollout, help_budget: int) -> dict[str, float]:
+    metrics = {
+        "loss": float(rollout.loss.detach()),
+        "action_loss": float(rollout.action_loss.detach()),
+        "teacher_accuracy": rollout.teacher_accuracy,
+    }
+    if help_budget:
+        metrics["help_loss"] = float(rollout.help_loss.detach())
+        metrics["help_requests"] = float(np.mean(rollout.help_used))
+    return metrics
 
 
 def _model_record(

@@ -95,6 +95,17 @@ class TripletBatch:
             self.action_labels.to(device),
         )
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The per-triplet tensors (first dimension = triplet), e.g. to split into micro-batches."""
+        return {
+            "input_ids": self.input_ids,
+            "text_mask": self.text_mask,
+            "views": self.views,
+            "vision_mask": self.vision_mask,
+            "mlm_labels": self.mlm_labels,
+            "action_labels": self.action_labels,
+        }
+
     def model_inputs(self) -> dict:
         return dict(
             input_ids=self.input_ids,
@@ -161,6 +172,34 @@ class TripletBatcher:
             labels,
             torch.from_numpy(actions.astype(np.int64)),
         )
+
+
+def accumulate_gradients(
+    run: TrainingRun, model: torch.nn.Module, batch: TripletBatch
+) -> dict[str, torch.Tensor]:
+    """Forward and backward one optimizer step's ``batch`` in ``--grad-accum`` micro-batches.
+
+    The losses are means over the whole step's targets (masked tokens for MLM, triplets for the
+    action), whatever the split: each micro-batch's mean losses are weighted by its share of those
+    targets, so the accumulated gradients equal those of the step's batch in one piece (micro-batches
+    hold different numbers of masked tokens; averaging their means would weigh tokens unequally).
+    Returns the step's losses (detached, on the run's device: no synchronisation here).
+    """
+    mlm_targets = max(int((batch.mlm_labels != IGNORE_INDEX).sum()), 1)
+    action_targets = max(int((batch.action_labels != IGNORE_INDEX).sum()), 1)
+    totals: dict[str, torch.Tensor] = {}
+    for chunk, sync in run.micro_batches(model, batch.tensors()):
+        micro = TripletBatch(**chunk, num_candidates=batch.num_candidates)
+        mlm_share = int((micro.mlm_labels != IGNORE_INDEX).sum()) / mlm_targets
+        action_share = int((micro.action_labels != IGNORE_INDEX).sum()) / action_targets
+        with sync, run.precision.autocast():
+            out = model(**micro.to(run.device).model_inputs())
+            losses = {"mlm_loss": out.mlm_loss * mlm_share, "action_loss": out.action_loss * action_share}
+            losses["loss"] = losses["mlm_loss"] + losses["action_loss"]
+        run.precision.backward(losses["loss"])
+        for name, value in losses.items():
+            totals[name] = totals[name] + value.detach() if name in totals else value.detach()
+    return totals
 
 
 @torch.no_grad()
@@ -295,16 +334,23 @@ def pretrain(cfg: PretrainConfig) -> int:
         rule = MaskingRule(
             tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids, cfg.mask_probability
         )
+        train_triplets = teacher_triplets(train_episodes, world)
+        held_out = teacher_triplets(eval_episodes, world)[: cfg.eval_triplets]
+        # A triplet reads the panorama where it stands: refuse a store lacking one now, not mid-run.
+        world.features.require(
+            {(train_episodes[t.episode].scan, t.viewpoint) for t in train_triplets}
+            | {(eval_episodes[t.episode].scan, t.viewpoint) for t in held_out},
+            f"the pretraining triplets of {cfg.train_split} and {cfg.eval_split}",
+        )
         train = TripletBatcher(
             train_episodes,
-            teacher_triplets(train_episodes, world),
+            train_triplets,
             world,
             tokenizer,
             cfg.max_text_length,
             cfg.angle_feature_size,
             rule,
         )
-        held_out = teacher_triplets(eval_episodes, world)[: cfg.eval_triplets]
         heldout = TripletBatcher(
             eval_episodes, held_out, world, tokenizer, cfg.max_text_length, cfg.angle_feature_size, rule
         )
@@ -336,24 +382,15 @@ def pretrain(cfg: PretrainConfig) -> int:
         for step, indices in zip(run.steps(start), sampler):
             # Masks depend on (seed, rank, step) only, so a resumed run masks exactly as an unbroken one.
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + run.dist.rank * 7_919 + step)
-            batch = train.batch(list(indices), generator).to(run.device)
-            with run.precision.autocast():
-                out = ddp_model(**batch.model_inputs())
-            run.precision.backward(out.loss)
+            # The step is batched (and masked) whole, then split into --grad-accum micro-batches, so
+            # its masks and its gradients do not depend on how it is split.
+            losses = accumulate_gradients(run, ddp_model, train.batch(list(indices), generator))
             run.precision.step(optimizer, max_grad_norm=cfg.max_grad_norm)
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             if run.should_log(step):
-                run.check_finite(step, {"loss": out.loss})
-                run.log(
-                    step,
-                    {
-                        "loss": out.loss,
-                        "mlm_loss": out.mlm_loss,
-                        "action_loss": out.action_loss,
-                        "lr": scheduler.get_last_lr()[0],
-                    },
-                )
+                run.check_finite(step, {"loss": losses["loss"]})
+                run.log(step, {**losses, "lr": scheduler.get_last_lr()[0]})
             if step % max(cfg.eval_every, 1) == 0 or step == cfg.steps:
                 with run.precision.autocast():
                     metrics = evaluate(model, heldout, cfg.batch_size * 2, run.device, seed=cfg.seed)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     # Annotations only: prevalent-eval uses the reference agents here and should not pay for
     # importing the model (transformers) at start-up.
     from prevalent.model.agent import NavigationAgent
-    from prevalent.model.tokenizer import InstructionTokenizer
+    from prevalent.model.tokenizer import InstructionTokenizer, TokenizedBatch
 
 # ============================================================================== worlds
 
@@ -47,6 +47,23 @@ class World:
     @property
     def feature_size(self) -> int:
         return self.features.feature_size
+
+    def require_features(self, episodes: Sequence[NavEpisode], purpose: str) -> None:
+        """Refuse, before any training, a feature store lacking a viewpoint these episodes can reach.
+
+        An agent may walk anywhere connected to its start, so every viewpoint at a finite graph
+        distance from an episode's start needs features.
+        """
+        needed: set[tuple[str, str]] = set()
+        starts: dict[str, set[str]] = {}
+        for episode in episodes:
+            starts.setdefault(episode.scan, set()).add(episode.start)
+        for scan, scan_starts in starts.items():
+            graph = self.graphs[scan]
+            rows = [graph.row(start) for start in scan_starts]
+            reachable = np.isfinite(graph.distances[rows]).any(axis=0)
+            needed.update((scan, graph.viewpoints[i]) for i in np.flatnonzero(reachable))
+        self.features.require(needed, purpose)
 
 
 def open_world(data: str, features: str, synthetic_seed: int = 0) -> World:
@@ -148,10 +165,15 @@ class EpisodeRunner:
         self.env = BatchNavEnv(world.graphs, world.features, angle_feature_size)
         self.truncated = 0
 
+    def tokenize(self, texts: list[str]) -> TokenizedBatch:
+        """The agent's token ids of ``texts``, cut to the encoder's length at the task's side
+        (the end of an instruction, the start of a CVDN dialog history)."""
+        return self.tokenizer.encode_batch(texts, self.max_text_length, self.task.truncation_side)
+
     def _encode(
         self, agent: NavigationAgent, texts: list[str], count_truncated: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.tokenizer.encode_batch(texts, self.max_text_length)
+        batch = self.tokenize(texts)
         if count_truncated:
             self.truncated += batch.truncated
         mask = batch.text_mask.to(self.device)
@@ -166,8 +188,11 @@ class EpisodeRunner:
         """Roll ``episodes`` out.
 
         ``feedback`` is one of :data:`FEEDBACK` (training) or ``argmax`` (evaluation). Episodes
-        still walking after ``max_steps`` stop where they are.
+        still walking after ``max_steps`` stop where they are. Episodes without a goal (a test
+        split) can only be walked with ``argmax``: no teacher supervises or guides them.
         """
+        if feedback != "argmax" and not all(e.supervised for e in episodes):
+            raise ValueError(f"feedback {feedback!r} needs a teacher, and some episodes have no goal")
         env, device = self.env, self.device
         env.reset(
             [e.scan for e in episodes],
@@ -213,6 +238,7 @@ class EpisodeRunner:
                 if asked:
                     text_states, text_mask = self._encode(agent, texts, count_truncated=False)
             obs = env.observe()
+            walking = torch.tensor([not ep.ended for ep in env.episodes], device=device)
             teacher = torch.from_numpy(env.teacher_actions(goals)).to(device)
             step = agent(
                 text_states,
@@ -241,7 +267,7 @@ class EpisodeRunner:
                 actions = logits.argmax(-1)
             supervised += int(active.sum())
             hits += int(((actions == teacher) & active).sum())
-            actions = torch.where(active, actions, torch.zeros_like(actions))
+            actions = torch.where(walking, actions, torch.zeros_like(actions))
             lost = [
                 bool(a != t) and bool(m)
                 for a, t, m in zip(actions.tolist(), teacher.tolist(), active.tolist())

@@ -15,7 +15,9 @@ how a walked path is judged:
 
 ``prevalent-eval`` scores a task file with :meth:`Task.evaluate`; ``prevalent-pretrain`` and
 ``prevalent-finetune`` read a split as :class:`NavEpisode` with :meth:`Task.load`, and learn their
-vocabulary from all tasks' training language (:func:`training_texts`).
+vocabulary from all tasks' training language (:func:`training_texts`). Test splits (no path, no
+goal) are read with ``Task.load(..., unsupervised=True)`` and written as leaderboard submissions
+with :meth:`Task.submission`.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ class NavEpisode:
     """One episode as the agent sees it, whatever the task.
 
     ``teacher_goal`` is what the shortest-path teacher walks to (a viewpoint, or a region of which
-    the nearest counts); ``goals`` is the region success and progress are measured against;
-    ``source`` is the record it was read from (what :meth:`Task.evaluate` and the maps take).
+    the nearest counts), ``None`` in a test split, where only the agent walks; ``goals`` is the
+    region success and progress are measured against (empty in a test split); ``source`` is the
+    record it was read from (what :meth:`Task.evaluate` and the maps take).
     """
 
     instr_id: str
@@ -55,11 +58,16 @@ class NavEpisode:
     start: str
     heading: float
     instruction: str
-    teacher_goal: str | tuple[str, ...]
+    teacher_goal: str | tuple[str, ...] | None
     goals: tuple[str, ...]
     path: list[str] | None
     source: Any = None
     help: list[HelpResponse] = field(default_factory=list)
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a teacher can supervise (and metrics judge) this episode: it has a goal."""
+        return self.teacher_goal is not None
 
 
 @dataclass(frozen=True)
@@ -82,8 +90,8 @@ class Task:
     split_files: tuple[str, ...]
     #: one task file -> its records (R2REpisode, NDHEpisode or HannaEpisode)
     read: Callable[[Path, TaskOptions], list]
-    #: a record as the agent sees it; ``None`` when it cannot supervise (no path, e.g. a test split)
-    episode: Callable[[Any], NavEpisode | None]
+    #: a record as the agent sees it (without a teacher goal when it has no path, e.g. a test split)
+    episode: Callable[[Any], NavEpisode]
     #: this task's metrics of a walked path: ``(graph, viewpoints, record, success_radius)``
     metrics: Callable[[NavGraph, list[str], Any, float], dict[str, float]]
     #: a final position within this graph distance (m) of the goal counts as a success
@@ -91,6 +99,10 @@ class Task:
     #: steps an agent may take before it is stopped where it stands
     max_steps: int
     allows_help: bool = False
+    #: which end of a text longer than the encoder's limit is cut (see ``InstructionTokenizer.token_ids``)
+    truncation_side: str = "right"
+    #: a second id key the task's official evaluator reads from a submission entry, as an int
+    submission_id_key: str | None = None
 
     def split_file(self, data_dir: Path, split: str) -> Path:
         """The file of ``split`` in ``data_dir`` (a clear error naming where it looked)."""
@@ -102,10 +114,31 @@ class Task:
             f"{self.dataset} split {split!r} not found in {data_dir} (looked for {', '.join(candidates)})"
         )
 
-    def load(self, data_dir: Path, split: str, options: TaskOptions) -> list[NavEpisode]:
-        """The episodes of ``split`` an agent can be trained or evaluated on."""
+    def load(
+        self, data_dir: Path, split: str, options: TaskOptions, unsupervised: bool = False
+    ) -> list[NavEpisode]:
+        """The episodes of ``split`` an agent can be trained or evaluated on (those with a goal).
+
+        With ``unsupervised`` every episode, goal or not: what an agent is run on to predict a
+        test split.
+        """
         records = self.read(self.split_file(Path(data_dir), split), options)
-        return [episode for episode in map(self.episode, records) if episode is not None]
+        episodes = [self.episode(record) for record in records]
+        return episodes if unsupervised else [e for e in episodes if e.supervised]
+
+    def submission(self, trajectories: Sequence[dict]) -> list[dict]:
+        """Trajectories ``{"instr_id", "trajectory"}`` as this task's leaderboard file.
+
+        The R2R format, ``[{"instr_id": str, "trajectory": [[viewpoint, heading, elevation], …]}]``;
+        CVDN's evaluator reads the id from ``inst_idx`` (an int), so its entries carry both keys.
+        """
+        entries = []
+        for item in trajectories:
+            entry = {"instr_id": str(item["instr_id"]), "trajectory": item["trajectory"]}
+            if self.submission_id_key:
+                entry[self.submission_id_key] = int(item["instr_id"])
+            entries.append(entry)
+        return entries
 
     def score_path(self, graph: NavGraph, path: list[str], record: Any) -> dict[str, float]:
         """This task's metrics of one walked path, success within :attr:`success_radius`."""
@@ -117,9 +150,7 @@ class Task:
 
 
 # ------------------------------------------------------------------------------------------------ r2r
-def _r2r_episode(record: R2REpisode) -> NavEpisode | None:
-    if record.path is None:
-        return None
+def _r2r_episode(record: R2REpisode) -> NavEpisode:
     return NavEpisode(
         record.instr_id,
         record.scan,
@@ -127,7 +158,7 @@ def _r2r_episode(record: R2REpisode) -> NavEpisode | None:
         record.heading,
         record.instruction,
         record.goal,
-        (record.goal,),
+        () if record.goal is None else (record.goal,),
         record.path,
         record,
     )
@@ -140,17 +171,17 @@ def _r2r_metrics(graph: NavGraph, path: list[str], record: R2REpisode, success_r
 
 
 # ----------------------------------------------------------------------------------------------- cvdn
-def _cvdn_episode(record: NDHEpisode) -> NavEpisode | None:
-    if record.path is None or not record.end_panos:
-        return None
+def _cvdn_episode(record: NDHEpisode) -> NavEpisode:
+    # Supervision needs both the path the teacher walks and the region progress is measured to.
+    supervised = record.path is not None and bool(record.end_panos)
     return NavEpisode(
         record.instr_id,
         record.scan,
         record.start,
         record.heading,
         record.instruction,
-        record.path[-1],
-        tuple(record.end_panos),
+        record.path[-1] if supervised else None,
+        tuple(record.end_panos) if supervised else (),
         record.path,
         record,
     )
@@ -207,6 +238,10 @@ TASKS: dict[str, Task] = {
         metrics=_cvdn_metrics,
         success_radius=SUCCESS_RADIUS,
         max_steps=20,
+        # As the NDH tokenizer (CVDN's and PREVALENT's): a long history loses its oldest words,
+        # keeping the latest exchanges and the target, which come last.
+        truncation_side="left",
+        submission_id_key="inst_idx",
     ),
     "hanna": Task(
         "hanna",

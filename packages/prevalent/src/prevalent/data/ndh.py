@@ -22,6 +22,10 @@ falls back to the target):
 * ``nav_q_oracle_ans`` — the last navigator question, its answer and the target;
 * ``all`` — every turn in order, then the target.
 
+The target comes last, so a text longer than the encoder's limit is cut from its start (the ``cvdn``
+task's ``truncation_side``), as the NDH tokenizers of CVDN and PREVALENT cut an encoding's left-hand
+side: the oldest turns go, the latest exchanges and the target stay.
+
 Supervision paths: ``planner`` (shortest-path steps shown to the oracle), ``player`` (what the
 navigator walked) or ``trusted`` (the player's path when it passes through the planner's goal after
 its start, else the planner's). Evaluation measures progress toward ``end_panos``.

@@ -320,17 +320,18 @@ class BatchNavEnv:
         graph = self.graph(ep.scan)
         return min(goal, key=lambda g: graph.distance(ep.viewpoint, g))
 
-    def teacher_actions(self, goals: Sequence[str | Sequence[str]]) -> np.ndarray:
+    def teacher_actions(self, goals: Sequence[str | Sequence[str] | None]) -> np.ndarray:
         """Shortest-path teacher: per episode the action index toward its goal (or nearest of a region).
 
-        Returns int64 ``(B,)``: 0 (STOP) at the goal, :data:`IGNORE_ACTION` for stopped episodes.
+        Returns int64 ``(B,)``: 0 (STOP) at the goal, :data:`IGNORE_ACTION` for stopped episodes
+        and for episodes without a goal (``None``: a test split, where no teacher exists).
         """
         if len(goals) != len(self.episodes):
             raise ValueError(f"got {len(goals)} goals for {len(self.episodes)} episodes")
         cands = self.candidates()
         out = np.empty(len(self.episodes), dtype=np.int64)
         for b, ep in enumerate(self.episodes):
-            if ep.ended:
+            if ep.ended or goals[b] is None:
                 out[b] = IGNORE_ACTION
                 continue
             goal = self.nearest_goal(b, goals[b])

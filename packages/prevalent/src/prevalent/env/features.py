@@ -98,6 +98,32 @@ class FeatureStore:
                 self._cache.popitem(last=False)
         return feats
 
+    def require(self, needed: Iterable[tuple[str, str]], purpose: str) -> None:
+        """Check up front that every ``(scan, viewpoint)`` in ``needed`` has features.
+
+        One :class:`UserError` names what is missing, scan by scan (a scan the store lacks
+        entirely, or its missing viewpoints), so a run stops before it starts instead of when an
+        agent first stands there.
+        """
+        wanted: dict[str, set[str]] = {}
+        for scan, viewpoint in needed:
+            wanted.setdefault(scan, set()).add(viewpoint)
+        problems = []
+        for scan in sorted(wanted):
+            missing = sorted(vp for vp in wanted[scan] if feature_key(scan, vp) not in self._row)
+            if len(missing) == len(wanted[scan]):
+                problems.append(f"scan {scan} (none of its {len(missing)} viewpoints)")
+            elif missing:
+                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                problems.append(f"scan {scan} viewpoint(s) {shown}")
+        if problems:
+            more = f" (and {len(problems) - 5} more scans)" if len(problems) > 5 else ""
+            raise UserError(
+                f"feature store {self.source} lacks features needed by {purpose}: "
+                + "; ".join(problems[:5])
+                + more
+            )
+
     def _load_row(self, row: int) -> np.ndarray:
         raise NotImplementedError
 

@@ -18,7 +18,11 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from dgm_core.errors import UserError
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+#: WordPiece's mark of a piece that continues a word (BERT's)
+CONTINUATION = "##"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+#: which end of a too-long text loses word pieces (the names of Hugging Face's ``truncation_side``)
+TRUNCATION_SIDES = ("right", "left")
 
 
 @dataclass
@@ -58,21 +62,43 @@ class InstructionTokenizer:
     def train(
         cls, texts: Iterable[str], vocab_size: int = 1000, min_frequency: int = 1
     ) -> InstructionTokenizer:
-        """Learn a WordPiece vocabulary (special tokens first, so ``[PAD]`` is id 0).
+        """Learn a WordPiece vocabulary (special tokens first, so ``[PAD]`` is id 0), deterministically.
 
-        The ``tokenizers`` trainer breaks ties between equally frequent merges in a run-dependent
-        order, so two trainings on the same texts can differ slightly: the CLIs therefore save the
-        tokenizer beside the weights and reuse it rather than retrain.
+        The same texts always give the same ``tokenizer.json``, byte for byte. The ``tokenizers``
+        trainer on its own does not: it numbers the word-continuation pieces (``##a``, ``##b``, …)
+        in the iteration order of a Rust hash map, which changes from run to run, and it breaks
+        ties between equally frequent merges by those numbers, so both the ids and the learnt
+        pieces varied. Here those pieces are numbered in sorted order before training (handed to
+        the trainer as leading tokens, which fixes their ids), so every tie is broken the same
+        way; the trained vocabulary is then rebuilt with only the real special tokens.
         """
+        texts = list(texts)
         tokenizer = cls._bert_pipeline(models.WordPiece(unk_token=UNK))
+        # Every character that occurs inside a word becomes a continuation piece (what the trainer
+        # would add itself, in hash order).
+        inner_characters = {
+            char
+            for text in texts
+            for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))
+            for char in word[1:]
+        }
+        continuations = [CONTINUATION + char for char in sorted(inner_characters)]
         trainer = trainers.WordPieceTrainer(
             vocab_size=vocab_size,
             min_frequency=min_frequency,
-            special_tokens=list(SPECIAL_TOKENS),
+            special_tokens=[*SPECIAL_TOKENS, *continuations],
+            continuing_subword_prefix=CONTINUATION,
             show_progress=False,
         )
-        tokenizer.train_from_iterator(list(texts), trainer=trainer)
-        return cls(tokenizer)
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        # The continuation pieces were only numbered as special tokens: as such they would be matched
+        # verbatim in raw text and dropped by decode. Rebuild the same vocabulary as plain WordPiece.
+        vocabulary = tokenizer.get_vocab(with_added_tokens=False)
+        trained = cls._bert_pipeline(
+            models.WordPiece(vocabulary, unk_token=UNK, continuing_subword_prefix=CONTINUATION)
+        )
+        trained.add_special_tokens(list(SPECIAL_TOKENS))
+        return cls(trained)
 
     @classmethod
     def from_bert_vocab(cls, vocab_file: str | Path) -> InstructionTokenizer:
@@ -107,19 +133,31 @@ class InstructionTokenizer:
         """Ids that masking must never choose nor draw: [PAD] [CLS] [SEP] [MASK]."""
         return (self.pad_id, self.cls_id, self.sep_id, self.mask_id)
 
-    def token_ids(self, text: str, max_length: int) -> tuple[list[int], bool]:
-        """``[CLS] wordpieces [SEP]`` cut to ``max_length`` (``[SEP]`` kept); returns (ids, truncated)."""
+    def token_ids(self, text: str, max_length: int, truncation_side: str = "right") -> tuple[list[int], bool]:
+        """``[CLS] wordpieces [SEP]`` of at most ``max_length`` ids; returns (ids, truncated).
+
+        A text too long loses word pieces at its end (``truncation_side="right"``: an instruction
+        keeps its beginning) or at its start (``"left"``: a dialog history keeps its latest turns
+        and the target at its end). ``[CLS]`` and ``[SEP]`` are always kept.
+        """
         if max_length < 2:
             raise ValueError("max_length must leave room for [CLS] and [SEP]")
+        if truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {truncation_side!r}")
         pieces = self.tokenizer.encode(text, add_special_tokens=False).ids
-        truncated = len(pieces) > max_length - 2
-        return [self.cls_id, *pieces[: max_length - 2], self.sep_id], truncated
+        room = max_length - 2
+        truncated = len(pieces) > room
+        if truncated:
+            pieces = pieces[:room] if truncation_side == "right" else pieces[len(pieces) - room :]
+        return [self.cls_id, *pieces, self.sep_id], truncated
 
-    def encode_batch(self, texts: Sequence[str], max_length: int) -> TokenizedBatch:
-        """Tokenise and right-pad ``texts`` to the longest one (at most ``max_length``)."""
+    def encode_batch(
+        self, texts: Sequence[str], max_length: int, truncation_side: str = "right"
+    ) -> TokenizedBatch:
+        """Tokenise (see :meth:`token_ids`) and right-pad ``texts`` to the longest one."""
         rows, truncated = [], 0
         for text in texts:
-            ids, cut = self.token_ids(text, max_length)
+            ids, cut = self.token_ids(text, max_length, truncation_side)
             rows.append(ids)
             truncated += int(cut)
         return self.pad(rows, truncated)
@@ -144,9 +182,9 @@ def build_tokenizer(
 ) -> InstructionTokenizer:
     """A fresh model's tokenizer: a local BERT's vocab (``bert``), the one in ``cache``, or a new WordPiece.
 
-    A new WordPiece vocabulary is learnt on ``texts()`` (called only then) and saved to ``cache``.
-    Training breaks ties in a run-dependent order, so whoever finds ``cache`` reuses it instead of
-    retraining (a resumed run, the other ranks of a distributed one).
+    A new WordPiece vocabulary is learnt on ``texts()`` (called only then) and saved to ``cache``;
+    whoever finds ``cache`` reuses it instead of retraining (a resumed run, the other ranks of a
+    distributed one). Training is deterministic, so a retraining would give the same file.
     """
     if bert:
         return InstructionTokenizer.from_bert_vocab(Path(bert) / "vocab.txt")
