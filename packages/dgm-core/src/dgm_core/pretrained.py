@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 from dgm_core.errors import UserError
+from dgm_core.runtime.checkpoint import load_safetensors_into
 from dgm_core.runtime.distributed import unwrap_model
 from dgm_core.runtime.files import atomic_directory, write_json_atomic
 
@@ -116,19 +116,5 @@ def load_pretrained(
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise PretrainedError(f"{folder} is not a complete saved model: {WEIGHTS_FILE} missing")
-    try:
-        missing, unexpected = load_model(module, str(weights), strict=False)
-    except (SafetensorError, OSError) as error:
-        raise PretrainedError(f"{weights} is corrupt or unreadable: {error}") from None
-    except (RuntimeError, ValueError) as error:
-        lines = str(error).strip().splitlines()
-        detail = next((line.strip() for line in lines if "size mismatch" in line), lines[0] if lines else "")
-        raise PretrainedError(f"weights in {weights} do not fit the model: {detail}") from None
-    if strict and (missing or unexpected):
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {sorted(unexpected)[0]}")
-        raise PretrainedError(f"weights in {weights} do not fit the model: {'; '.join(parts)}")
+    load_safetensors_into(module, weights, PretrainedError, strict)
     return module.to(device), config

@@ -58,21 +58,32 @@ def load_weights(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file missing: {path}")
+    load_safetensors_into(_bundle(modules), path, CheckpointError, strict)
+
+
+def load_safetensors_into(
+    module: torch.nn.Module, path: Path, error: type[UserError], strict: bool = True
+) -> None:
+    """Load a safetensors file into ``module`` (tied tensors stored once are restored to every name).
+
+    Unreadable files, shapes that do not fit and (with ``strict``) missing or unexpected tensors
+    are one-line ``error``s naming the file and the first offending tensor.
+    """
     try:
-        missing, unexpected = load_model(_bundle(modules), str(path), strict=False)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"weights file {path} is corrupt or unreadable: {error}") from None
-    except RuntimeError as error:  # size mismatch
-        first = str(error).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
-        raise CheckpointError(f"weights in {path} do not fit the model: {detail}") from None
+        missing, unexpected = load_model(module, str(path), strict=False)
+    except (SafetensorError, OSError) as failure:
+        raise error(f"{path} is corrupt or unreadable: {failure}") from None
+    except (RuntimeError, ValueError) as failure:  # size mismatch
+        lines = str(failure).strip().splitlines()
+        detail = next((line.strip() for line in lines if "size mismatch" in line), lines[0] if lines else "")
+        raise error(f"weights in {path} do not fit the model: {detail}") from None
     if strict and (missing or unexpected):
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} key(s), e.g. {sorted(missing)[0]}")
+            parts.append(f"missing {len(missing)} tensor(s), e.g. {sorted(missing)[0]}")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s), e.g. {sorted(unexpected)[0]}")
-        raise CheckpointError(f"weights in {path} do not fit the model: {'; '.join(parts)}")
+            parts.append(f"unexpected {len(unexpected)} tensor(s), e.g. {sorted(unexpected)[0]}")
+        raise error(f"weights in {path} do not fit the model: {'; '.join(parts)}")
 
 
 class CheckpointManager:
