@@ -70,3 +70,16 @@ def test_default_worker_count_leaves_a_core_per_rank():
     cores = len(os.sched_getaffinity(0))
     assert default_num_workers(1) == max(0, min(8, cores - 1))
     assert default_num_workers(cores) == 0
+
+
+def test_starting_a_loader_leaves_the_global_random_stream_alone(tmp_path):
+    # A resumed run starts its loader at another step than an uninterrupted one; if starting it
+    # drew from the global RNG, the two runs' noise would part ways there.
+    np.save(tmp_path / "rows.npy", np.zeros((64, 2), dtype=np.float32))
+    dataset = MemmapRows(str(tmp_path / "rows.npy"))
+    with _run(tmp_path, "c", num_workers=1) as run:
+        torch.manual_seed(5)
+        expected = torch.rand(3)
+        torch.manual_seed(5)
+        next(iter(run.loader(dataset, 2, collate_fn=_collate)))
+        assert torch.equal(torch.rand(3), expected)

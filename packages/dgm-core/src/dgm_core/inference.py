@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from dgm_core.cli import option
-from dgm_core.runtime.device import resolve_device, seed_everything
+from dgm_core.runtime.device import resolve_device, seed_everything, set_deterministic_algorithms
 from dgm_core.runtime.precision import PRECISIONS, Precision
 
 
@@ -50,5 +50,5 @@ def open_inference(cfg: RuntimeConfig) -> InferenceRuntime:
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     # Set both ways: in one process (a notebook, the claim commands) a previous --deterministic
     # call must not stay in force for the next one.
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    set_deterministic_algorithms(cfg.deterministic)
     return InferenceRuntime(device=device, precision=Precision(cfg.precision, device))

@@ -50,11 +50,17 @@ def step_loader(
         kwargs.update(
             persistent_workers=True, prefetch_factor=max(1, prefetch_batches), worker_init_fn=_seed_worker
         )
+    # A loader draws its workers' base seed when an iterator starts. From the global RNG, that
+    # draw would shift the training's random stream by one number at whatever step the loader
+    # starts — a resumed run's would differ from the uninterrupted run's. A generator of its own
+    # keeps the global stream untouched.
+    generator = torch.Generator().manual_seed(sampler.seed * 1_000_003 + sampler.rank)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
+        generator=generator,
         **kwargs,
     )

@@ -60,6 +60,16 @@ def seed_everything(seed: int, rank: int = 0, deterministic: bool = False) -> in
     return value
 
 
+def set_deterministic_algorithms(enabled: bool) -> None:
+    """Turn torch's deterministic algorithms on or off, only when that changes the setting.
+
+    (Setting it, even to its current value, costs seconds in recent torch releases: it imports the
+    compiler stack.)
+    """
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        torch.use_deterministic_algorithms(enabled)
+
+
 def capture_rng_state() -> dict:
     """Every RNG this process uses, as tensors and plain values (safe for weights_only loading)."""
     np_state = np.random.get_state()

@@ -45,7 +45,12 @@ import torch
 from dgm_core.errors import UserError
 from dgm_core.loader import default_num_workers, step_loader
 from dgm_core.runtime.checkpoint import CheckpointError, CheckpointManager
-from dgm_core.runtime.device import capture_rng_state, restore_rng_state, seed_everything
+from dgm_core.runtime.device import (
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+    set_deterministic_algorithms,
+)
 from dgm_core.runtime.distributed import (
     all_gather_object,
     all_reduce_mean,
@@ -118,7 +123,7 @@ class TrainingRun:
         )
         self.dist, self.device = init_distributed(cfg.device)
         seed_everything(cfg.seed, rank=self.dist.rank, deterministic=cfg.deterministic)
-        torch.use_deterministic_algorithms(cfg.deterministic)  # both ways: no leak between runs
+        set_deterministic_algorithms(cfg.deterministic)  # both ways: no leak between runs
         self.precision = Precision(cfg.precision, self.device)
         if cfg.steps < 1:
             raise UserError(f"steps must be at least 1, got {cfg.steps}")
