@@ -365,13 +365,18 @@ def test_bad_fid_options_are_one_clear_line(tmp_path, capsys, extra, message):
 # FQ-BigGAN's launch scripts (scripts/launch_C10.sh, launch_C100.sh, launch_I64_bs128x4.sh):
 # --discrete_layer, --dict_size (log2 K), --dict_decay, --commitment, --batch_size, --num_D_steps,
 # --G_lr, --D_lr, --ema_start, --G_attn/--D_attn, --dim_z (default 128), Adam β1 0 / β2 0.999.
+# "accumulations": --num_D_accumulations = --num_G_accumulations (one process, as the I64 script's
+# 4 × 128 images per update).
 REFERENCE_SCRIPTS = {
     "cifar10": {"layers": "0123", "dict_size": 10, "decay": 0.8, "commitment": 1.0, "batch": 64,
-                "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128},
+                "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128,
+                "accumulations": 1},
     "cifar100": {"layers": "0123", "dict_size": 6, "decay": 0.9, "commitment": 10.0, "batch": 64,
-                 "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128},
+                 "d_steps": 4, "lr_g": 2e-4, "lr_d": 2e-4, "ema_start": 1000, "attention": 0, "z": 128,
+                 "accumulations": 1},
     "imagenet64": {"layers": "2", "dict_size": 10, "decay": 0.7, "commitment": 0.5, "batch": 128,
-                   "d_steps": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ema_start": 20000, "attention": 32, "z": 120},
+                   "d_steps": 1, "lr_g": 1e-4, "lr_d": 4e-4, "ema_start": 20000, "attention": 32, "z": 120,
+                   "accumulations": 4},
 }  # fmt: skip
 
 
@@ -389,4 +394,108 @@ def test_presets_carry_the_reference_launch_scripts_settings(preset):
     assert (cfg.adam_beta1, cfg.adam_beta2) == (0.0, 0.999)
     assert (cfg.ema_start, cfg.attention) == (script["ema_start"], script["attention"])
     assert cfg.z_dim == script["z"]
+    assert cfg.grad_accum == script["accumulations"]
     assert (cfg.arch, cfg.g_ch, cfg.d_ch, cfg.loss) == ("biggan", 64, 64, "hinge")
+
+
+class _NoiseSource:
+    """Hands out consecutive rows of fixed noise, however many rows each call asks for."""
+
+    def __init__(self, z: torch.Tensor, y: torch.Tensor):
+        self.z, self.y, self.used = z, y, 0
+
+    def __call__(self, n: int):
+        start, self.used = self.used, self.used + n
+        return self.z[start : self.used], self.y[start : self.used]
+
+
+def _batch_sizes_seen(module: torch.nn.Module) -> list[int]:
+    seen: list[int] = []
+    module.register_forward_pre_hook(lambda _module, args: seen.append(args[0].shape[0]))
+    return seen
+
+
+@pytest.mark.parametrize("fq_mode", ["none", "loss_only"])
+@pytest.mark.parametrize("arch,resolution", [("dcgan", 16), ("biggan", 32)])
+def test_gradient_accumulation_of_4_x_8_gives_the_gradients_of_one_batch_of_32(
+    tmp_path, arch, resolution, fq_mode
+):
+    """D's and G's gradients from 4 micro-batches of 8 equal those of the batch of 32, written out.
+
+    Eval mode holds still what a forward pass changes and accumulation cannot make independent of
+    the batch cut (spectral norm's power iteration, BatchNorm's batch statistics, the dictionaries'
+    EMA); in training those advance per micro-batch, as in BigGAN-PyTorch's accumulation. The
+    models run in float64 so that convolutions cut into other batch sizes cannot move a feature
+    across a nearest-codeword tie (the dictionary search itself runs in float32).
+    """
+    import torch.nn.functional as F
+
+    from dgm_core.training import TrainingRun
+    from fqgan.models import build_models
+    from fqgan.train import GANSteps
+
+    torch.manual_seed(0)
+    model_config = {
+        "arch": arch, "resolution": resolution, "g_ch": 4, "d_ch": 4, "z_dim": 8, "num_classes": 3,
+        "fq_mode": fq_mode, "fq_layers": "0,2", "fq_codebook_size": 8, "fq_commitment": 0.5,
+    }  # fmt: skip
+    generator, discriminator = build_models(model_config)
+    generator.double().eval()
+    discriminator.double().eval()
+    real = torch.rand(32, 3, resolution, resolution, dtype=torch.float64) * 2 - 1
+    labels = torch.randint(3, (32,))
+    # The D update's 32 fakes, then the G update's.
+    z, y = torch.randn(64, 8, dtype=torch.float64), torch.randint(3, (64,))
+
+    # The reference: one batch of 32, FQ-GAN's losses (hinge; FQ = real mean + fake mean in D's loss,
+    # the fake mean in G's).
+    d_params, g_params = list(discriminator.parameters()), list(generator.parameters())
+    with torch.no_grad():
+        fake = generator(z[:32], y[:32])
+    scores = discriminator(torch.cat([real, fake]), torch.cat([labels, y[:32]]))
+    d_loss = F.relu(1 - scores[:32]).mean() + F.relu(1 + scores[32:]).mean()
+    d_loss = d_loss + discriminator.pop_fq_loss(batch_parts=(32, 32))
+    expected_d = torch.autograd.grad(d_loss, d_params)
+    g_loss = -discriminator(generator(z[32:], y[32:]), y[32:]).mean() + discriminator.pop_fq_loss()
+    expected_g = torch.autograd.grad(g_loss, g_params)
+
+    options = {"device": "cpu", "run_dir": str(tmp_path / "run"), "steps": 1, "progress": False}
+    cfg = config_from_dict(TrainConfig, {**options, "batch_size": 8, "grad_accum": 4})
+    seen = _batch_sizes_seen(discriminator)
+    with TrainingRun(cfg, model_config=model_config, name="fqgan") as run:
+        # lr 0: the D update leaves D as it was, so the G update is compared against the same D.
+        opt_g, opt_d = torch.optim.SGD(g_params, lr=0.0), torch.optim.SGD(d_params, lr=0.0)
+        steps = GANSteps(cfg, run, generator, discriminator, opt_g, opt_d)
+        steps._noise = _NoiseSource(z, y)
+        d_metrics = steps.discriminator_update(1, real, labels)
+        assert seen == [16] * 4  # [8 real; 8 fake] four times: really accumulated
+        g_metrics = steps.generator_update(1, 32)
+        assert seen == [16] * 4 + [8] * 4
+    assert float(d_metrics["d_loss"]) == pytest.approx(float(d_loss.detach()), rel=1e-6)
+    assert float(g_metrics["g_loss"]) == pytest.approx(float(g_loss.detach()), rel=1e-6)
+    for name, param, expected in zip([n for n, _ in discriminator.named_parameters()], d_params, expected_d):
+        torch.testing.assert_close(
+            param.grad, expected, rtol=1e-6, atol=1e-9, msg=lambda m, name=name: f"D {name}: {m}"
+        )
+    for name, param, expected in zip([n for n, _ in generator.named_parameters()], g_params, expected_g):
+        torch.testing.assert_close(
+            param.grad, expected, rtol=1e-6, atol=1e-9, msg=lambda m, name=name: f"G {name}: {m}"
+        )
+
+
+def test_grad_accum_runs_every_update_as_micro_batches_of_the_batch_size(tmp_path, monkeypatch):
+    real_build = train_module.build_models
+    seen: list[int] = []
+
+    def recording_build(model_config):
+        generator, discriminator = real_build(model_config)
+        discriminator.register_forward_pre_hook(lambda _module, args: seen.append(args[0].shape[0]))
+        return generator, discriminator
+
+    monkeypatch.setattr(train_module, "build_models", recording_build)
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--run-dir", str(run_dir), "--steps", "1", "--batch-size", "4", "--d-steps", "2"]
+    assert main([*args, "--grad-accum", "2"]) == 0
+    # Two D updates of 2 × [4 real; 4 fake], then a G update of 2 × 4 fakes.
+    assert seen == [8, 8, 8, 8, 4, 4]
+    assert _finite_metrics(run_dir)[-1]["images_per_s"] > 0

@@ -1,10 +1,15 @@
 """Training data, all offline: CIFAR-10/100 python pickles, image folders, procedural shapes, 2-D mixtures.
 
-Every image dataset is held in memory as one ``uint8`` tensor ``(N, 3, H, W)``
-plus integer labels; batches are drawn by index (see :class:`ImageDataset.batch`)
-so that dgm-core's :class:`~dgm_core.data.ShardedBatchSampler` gives
-resume-exact, rank-sharded batches without a DataLoader. Images reach the
-models as floats in ``[-1, 1]``.
+Two kinds of image dataset, both indexed by dgm-core's
+:class:`~dgm_core.sampler.ShardedBatchSampler` (resume-exact, rank-sharded batches):
+
+- :class:`ImageDataset`, held in memory as one ``uint8`` tensor ``(N, 3, H, W)`` plus
+  integer labels, batched by index in the training process (:meth:`ImageDataset.batch`):
+  shapes, CIFAR, ``folder:``.
+- :class:`~fqgan.packed.PackedImages` (``packed:``), memory-mapped shards read by
+  ``run.loader``'s worker processes: the training process never holds the pixels.
+
+Images reach the models as floats in ``[-1, 1]``.
 
 Dataset specs (``--data``):
 
@@ -15,7 +20,9 @@ Dataset specs (``--data``):
   (``cifar-10-batches-py`` / ``cifar-100-python``) under ``--data-root``.
 - ``folder:DIR``: any folder of images; one class per sub-folder when there are
   sub-folders with images, else a single class. Unreadable files are skipped
-  and counted.
+  and counted. Decoded into memory in every process: meant for small folders.
+- ``packed:DIR``: a folder written once by ``fqgan-prepare folder:SRC --resolution R
+  --out DIR`` (:mod:`fqgan.packed`): the same images as ``folder:SRC``, memory-mapped.
 - ``ring8`` / ``grid25``: 2-D Gaussian mixtures (8 on a ring of radius 2,
   σ = 0.02; 25 on the grid {-4, -2, 0, 2, 4}², σ = 0.05) for mode-collapse checks.
 """
@@ -25,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,11 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from dgm_core.errors import UserError
+from fqgan.folders import decode_in_order, list_image_folder
+from fqgan.packed import PackedImages
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 MIXTURES = ("ring8", "grid25")
+# Above this many bytes of pixels, folder: warns that every process holds them and points to packed:.
+LARGE_FOLDER_BYTES = 2**30
 
 # --------------------------------------------------------------------------- containers
 
@@ -73,6 +84,10 @@ class ImageDataset:
         index = torch.as_tensor(indices, dtype=torch.long)
         images = images_in_model_range(self.images[index].to(device, non_blocking=True))
         return images, self.labels[index].to(device)
+
+    def uint8_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Every image in order, ``batch_size`` at a time (as :meth:`PackedImages.uint8_batches`)."""
+        yield from self.images.split(batch_size)
 
 
 @dataclass
@@ -229,54 +244,60 @@ def load_cifar(name: str, root: str | Path, split: str = "train") -> ImageDatase
 # --------------------------------------------------------------------------- image folders
 
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def load_image_folder(directory: str | Path, resolution: int) -> ImageDataset:
     """Every image under ``directory`` (centre-cropped and resized to ``resolution``), kept in memory.
 
     Sub-folders holding images become classes (sorted by name); otherwise the
-    folder is one class. Files that PIL cannot decode are skipped, counted in
-    ``skipped`` and logged; a folder without a single usable image is an error.
+    folder is one class (:func:`fqgan.folders.list_image_folder`). Files that PIL
+    cannot decode are skipped, counted in ``skipped`` and logged; a folder without a
+    single usable image is an error. Every process decodes and holds all the pixels:
+    for large folders, ``fqgan-prepare`` packs them once for ``packed:`` instead.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise UserError(f"image folder not found: {directory}")
-    class_dirs = [d for d in sorted(directory.iterdir()) if d.is_dir() and _image_files(d)]
-    if class_dirs:
-        groups = [(d.name, _image_files(d)) for d in class_dirs]
-    else:
-        groups = [(directory.name, _image_files(directory))]
-    if sum(len(files) for _, files in groups) == 0:
-        raise UserError(f"image folder {directory} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    listing = list_image_folder(directory)
+    pixel_bytes = len(listing.files) * 3 * resolution * resolution
+    if pixel_bytes > LARGE_FOLDER_BYTES:
+        log.warning(
+            "folder:%s holds %d images: about %.1f GiB of pixels, decoded and held by every process; "
+            "pack them once with `fqgan-prepare folder:%s --resolution %d --out PACKED` and train on "
+            "packed:PACKED (memory-mapped, shared)",
+            listing.root,
+            len(listing.files),
+            pixel_bytes / 2**30,
+            listing.root,
+            resolution,
+        )
     images, labels, skipped = [], [], 0
-    for label, (_, files) in enumerate(groups):
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    img = ImageOps.fit(img.convert("RGB"), (resolution, resolution), Image.Resampling.BICUBIC)
-                    array = np.asarray(img, dtype=np.uint8)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-                skipped += 1
-                log.warning("skipping unreadable image %s (%s)", path, error)
-                continue
-            images.append(torch.from_numpy(array.copy()).permute(2, 0, 1))
-            labels.append(label)
+    decoded = decode_in_order(listing.files, resolution)
+    for path, label, (pixels, reason) in zip(listing.files, listing.labels, decoded):
+        if pixels is None:
+            skipped += 1
+            log.warning("skipping unreadable image %s (%s)", path, reason)
+            continue
+        images.append(torch.from_numpy(pixels).permute(2, 0, 1))
+        labels.append(label)
     if not images:
-        raise UserError(f"none of the {skipped} image file(s) in {directory} could be read")
+        raise UserError(f"none of the {skipped} image file(s) in {listing.root} could be read")
     if skipped:
-        log.warning("skipped %d unreadable image(s) in %s", skipped, directory)
+        log.warning("skipped %d unreadable image(s) in %s", skipped, listing.root)
     return ImageDataset(
         images=torch.stack(images),
         labels=torch.tensor(labels, dtype=torch.long),
-        num_classes=len(groups),
-        name=f"folder:{directory}",
-        class_names=[name for name, _ in groups],
+        num_classes=len(listing.class_names),
+        name=f"folder:{listing.root}",
+        class_names=listing.class_names,
         skipped=skipped,
     )
+
+
+def load_packed_images(directory: str | Path, resolution: int) -> PackedImages:
+    """A ``fqgan-prepare`` folder, opened lazily, after checking it was packed at ``resolution``."""
+    packed = PackedImages(directory)
+    if packed.resolution != resolution:
+        raise UserError(
+            f"{directory} holds {packed.resolution}×{packed.resolution} images; use --resolution "
+            f"{packed.resolution}, or pack the source again with --resolution {resolution}"
+        )
+    return packed
 
 
 # --------------------------------------------------------------------------- 2-D mixtures
@@ -308,7 +329,7 @@ def make_mixture(name: str, num_points: int = 65536, seed: int = 0) -> MixtureDa
 
 def load_dataset(
     spec: str, *, data_root: str = "", resolution: int = 32, num_images: int = 8192, seed: int = 0
-) -> ImageDataset | MixtureDataset:
+) -> ImageDataset | PackedImages | MixtureDataset:
     """Build the dataset named by ``spec`` (see the module docstring)."""
     if spec == "shapes":
         return make_shapes(num_images, seed, resolution)
@@ -318,10 +339,13 @@ def load_dataset(
         return load_cifar(spec, data_root)
     if spec.startswith("folder:"):
         return load_image_folder(spec[len("folder:") :], resolution)
+    if spec.startswith("packed:"):
+        return load_packed_images(spec[len("packed:") :], resolution)
     if spec in MIXTURES:
         return make_mixture(spec, num_points=max(num_images, 1), seed=seed)
     raise UserError(
-        f"unknown --data '{spec}': expected shapes, cifar10, cifar100, folder:DIR, {', '.join(MIXTURES)}"
+        f"unknown --data '{spec}': expected shapes, cifar10, cifar100, folder:DIR, packed:DIR, "
+        f"{', '.join(MIXTURES)}"
     )
 
 

@@ -11,7 +11,7 @@
   high-quality sample, as in VEEGAN/PacGAN), the share of high-quality samples
   (within 3σ of their nearest mode) and the KL of the high-quality samples' mode
   frequencies from uniform.
-- **CIFAR-10/100 and image folders**: FID, KID and IS with the standard FID
+- **CIFAR-10/100 and image folders** (``folder:``, ``packed:``): FID, KID and IS with the standard FID
   Inception weights (``--inception-weights PATH`` or the torch hub cache; a
   clear error without them), from 50 000 samples by default as in the paper;
   real statistics are read from ``--fid-stats`` (pytorch-fid ``.npz``) or
@@ -45,6 +45,7 @@ from dgm_core.runtime.files import write_json_atomic
 from fqgan.checkpoints import load_trained_models
 from fqgan.data import (
     ImageDataset,
+    PackedImages,
     images_in_model_range,
     is_mixture,
     load_dataset,
@@ -204,9 +205,9 @@ def _inception_metrics(
     )
 
 
-def _real_images(data: str, data_root: str, run_config: dict) -> ImageDataset:
+def _real_images(data: str, data_root: str, run_config: dict) -> ImageDataset | PackedImages:
     dataset = load_dataset(data, data_root=data_root, resolution=int(run_config.get("resolution", 32)))
-    assert isinstance(dataset, ImageDataset)
+    assert isinstance(dataset, (ImageDataset, PackedImages))
     return dataset
 
 

@@ -38,6 +38,7 @@ from dgm_core.runtime.files import make_readable
 from fqgan.data import (
     NUM_FACTOR_COMBINATIONS,
     ImageDataset,
+    PackedImages,
     factor_combination_index,
     images_in_model_range,
     make_shapes,
@@ -198,7 +199,7 @@ def _load_reference(path: Path, dim: int) -> RealImageReference:
 
 def real_image_reference(
     fid_stats: str | os.PathLike,
-    real_source: Callable[[], ImageDataset],
+    real_source: Callable[[], ImageDataset | PackedImages],
     extractor: nn.Module,
     dim: int,
     batch_size: int = 250,
@@ -220,7 +221,8 @@ def real_image_reference(
     keep[chosen[:REAL_KID_FEATURES]] = True
     stats = FeatureStatistics(dim)
     kept, offset = [], 0
-    for features, _ in iter_features(extractor, real.images, batch_size, device):
+    # Streamed in order (a packed folder is read sequentially from its memory-mapped shards).
+    for features, _ in iter_features(extractor, real.uint8_batches(batch_size), batch_size, device):
         stats.update(features)
         kept.append(features[keep[offset : offset + features.shape[0]]])
         offset += features.shape[0]
@@ -235,7 +237,7 @@ def image_quality(
     fake_features: torch.Tensor,
     fake_logits: torch.Tensor | None,
     *,
-    real_source: Callable[[], ImageDataset],
+    real_source: Callable[[], ImageDataset | PackedImages],
     extractor: torch.nn.Module,
     fid_stats: str = "",
     batch_size: int = 250,
@@ -317,7 +319,7 @@ def shapes_yardstick(
 def inception_yardstick(
     inception_weights: str,
     fid_stats: str | os.PathLike,
-    real_source: Callable[[], ImageDataset],
+    real_source: Callable[[], ImageDataset | PackedImages],
     batch_size: int,
     device: torch.device | str,
 ) -> FrechetYardstick:

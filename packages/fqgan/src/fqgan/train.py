@@ -9,7 +9,10 @@ imagenet64`` carries the paper's settings; ``--preset ring8|grid25`` the 2-D
 mode-collapse setting.
 
 One step is one generator update preceded by ``d_steps`` discriminator updates
-(BigGAN's counting); each D update uses a fresh real batch.
+(BigGAN's counting); each D update uses a fresh real batch. ``--grad-accum N`` makes
+every update accumulate N micro-batches of ``--batch-size`` (see :class:`GANSteps`).
+``--data packed:DIR`` (a folder written by ``fqgan-prepare``) is read by ``--num-workers``
+loader processes from memory-mapped shards; other data is held in memory.
 
 ``--fid-every N`` measures G EMA's FID every N steps (rank 0; real statistics computed
 once and cached), logs it, and keeps the lowest-FID checkpoint as ``checkpoints/best``, as
@@ -23,7 +26,7 @@ import contextlib
 import copy
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +40,7 @@ from dgm_core.quantization import QuantizationInputError
 from dgm_core.runtime import broadcast_object
 from dgm_core.training import TrainingConfig, TrainingRun
 from fqgan.checkpoints import BestCheckpoint
-from fqgan.data import ImageDataset, MixtureDataset, load_dataset
+from fqgan.data import ImageDataset, MixtureDataset, PackedImages, images_in_model_range, load_dataset
 from fqgan.diffaug import diff_augment, parse_policy
 from fqgan.factor_classifier import ClassifierRecipe
 from fqgan.fq import FQ_MODES, QuantizedDiscriminator, fq_statistics
@@ -63,7 +66,9 @@ class TrainConfig(TrainingConfig):
     log_every: int = option(20, help="Log metrics every N steps.")
     checkpoint_every: int = option(100, help="Save a checkpoint every N steps (0: only at the end).")
     data: str = option(
-        "shapes", help="shapes | cifar10 | cifar100 | folder:DIR | ring8 | grid25 (see fqgan.data)."
+        "shapes",
+        help="shapes | cifar10 | cifar100 | folder:DIR | packed:DIR (written by fqgan-prepare) | ring8 | "
+        "grid25 (see fqgan.data).",
     )
     data_root: str = option("", help="cifar10/cifar100: the folder holding the python-pickle batches.")
     num_images: int = option(8192, help="shapes: images generated; ring8/grid25: points drawn.")
@@ -95,7 +100,9 @@ class TrainConfig(TrainingConfig):
         0,
         help="Revive a codeword unused for this many steps from current features (0: never, as reference).",
     )
-    batch_size: int = option(32, help="Images per D/G update per process.")
+    batch_size: int = option(
+        32, help="Images per D/G micro-batch per process (an update takes --grad-accum of them)."
+    )
     d_steps: int = option(2, help="Discriminator updates per generator update.")
     lr_g: float = option(2e-4, help="Generator Adam learning rate.")
     lr_d: float = option(2e-4, help="Discriminator Adam learning rate.")
@@ -185,7 +192,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "imagenet64": {
         **_CIFAR_COMMON,
-        "data": "folder:imagenet64/train",
+        # Packed once by `fqgan-prepare folder:imagenet64/train --resolution 64 --out imagenet64/train-64`:
+        # 1.28 M images decoded into RAM would be ~16 GB per process and a long single-threaded start.
+        "data": "packed:imagenet64/train-64",
         "run_dir": "runs/fqgan-imagenet64",
         "resolution": 64,
         "fq_layers": "2",
@@ -193,13 +202,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fq_decay": 0.7,
         "fq_commitment": 0.5,
         # FQ-BigGAN's I64 script: 1 D step, lr G 1e-4 / D 4e-4, attention at 32, dim_z 120, EMA from 20k.
-        # It accumulates 4 × 128 = 512 images per update; here 128 per process (4 processes match it).
+        # It accumulates --batch_size 128 × --num_D_accumulations 4 (and num_G_accumulations 4) = 512
+        # images per D and per G update: here 128 × --grad-accum 4 on one process (with
+        # --nproc-per-node 4, pass --grad-accum 1 for the same 512).
         "d_steps": 1,
         "lr_g": 1e-4,
         "lr_d": 4e-4,
         "attention": 32,
         "z_dim": 120,
         "batch_size": 128,
+        "grad_accum": 4,
         "ema_start": 20_000,
         "steps": 200_000,
     },
@@ -230,7 +242,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["grid25"] = {**PRESETS["ring8"], "data": "grid25", "run_dir": "runs/fqgan-grid25"}
 
 
-def model_config_for(cfg: TrainConfig, dataset: ImageDataset | MixtureDataset) -> dict[str, Any]:
+def model_config_for(
+    cfg: TrainConfig, dataset: ImageDataset | PackedImages | MixtureDataset
+) -> dict[str, Any]:
     """What a checkpoint needs to rebuild G and D (see :func:`fqgan.models.build_models`)."""
     mixture = isinstance(dataset, MixtureDataset)
     if mixture and cfg.arch != "mlp":
@@ -285,6 +299,15 @@ class GANSteps:
     ``d_train``/``g_train`` are the (possibly DDP-wrapped) modules used for the
     update of that network; the other network runs bare (G under ``no_grad`` in
     D updates, D frozen in G updates), so DDP only synchronises what is updated.
+
+    Each update runs over ``--grad-accum`` micro-batches (``run.micro_batches``): every
+    micro-batch's loss is divided by their number and back-propagated, DDP all-reduces on
+    the last one only, and the optimizer steps once, so the gradient is that of the whole
+    batch (BigGAN-PyTorch's ``num_D_accumulations`` / ``num_G_accumulations``). What a
+    forward pass changes as it goes — the dictionaries' EMA, spectral norm's power
+    iteration, G's BatchNorm batch statistics — happens per micro-batch, as in the reference.
+    The noise of an update is drawn at once for the whole batch and then split, so the
+    random stream does not depend on how the batch is cut.
     """
 
     def __init__(
@@ -303,6 +326,7 @@ class GANSteps:
         self.policy = parse_policy(cfg.diffaug)
         self.z_dim = generator.z_dim
         self.num_classes = generator.num_classes
+        self.grad_accum = cfg.grad_accum
 
     def augment(self, x: torch.Tensor) -> torch.Tensor:
         return diff_augment(x, self.policy) if self.policy else x
@@ -311,55 +335,100 @@ class GANSteps:
         device = self.run.device
         return torch.randn(n, self.z_dim, device=device), _sample_labels(n, self.num_classes, device)
 
+    def _fakes(self, n: int) -> dict[str, torch.Tensor]:
+        """Noise (and class labels, for a conditional G) of ``n`` fakes, to be split with the batch."""
+        z, y_fake = self._noise(n)
+        return {"z": z} if y_fake is None else {"z": z, "y_fake": y_fake}
+
     def discriminator_update(
         self, step: int, real: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        run, n = self.run, real.shape[0]
-        z, y_fake = self._noise(n)
+        """One D update on ``real`` (all its micro-batches) and as many fakes."""
+        run, parts = self.run, self.grad_accum
+        batch = {"real": real, "labels": labels, **self._fakes(real.shape[0])}
+        totals: dict[str, torch.Tensor] = {}
+        self.opt_d.zero_grad(set_to_none=True)
+        for chunk, sync in run.micro_batches(self.d_train, batch):
+            with sync:
+                losses = self._discriminator_losses(chunk)
+                run.check_finite(step, {"d_loss": losses["d_loss"]})
+                run.precision.backward(losses["d_loss"] / parts)
+            for name, value in losses.items():  # the update's values: means over the micro-batches
+                totals[name] = totals.get(name, 0.0) + value.detach() / parts
+        run.precision.step(self.opt_d)
+        # Dictionary usage on the last micro-batch's [real; fake] (the G update's forward sees fakes only).
+        return {**totals, **fq_statistics(self.discriminator.quantizers)}
+
+    def _discriminator_losses(self, chunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        run, real, n = self.run, chunk["real"], chunk["real"].shape[0]
+        y_fake = chunk.get("y_fake")
         with torch.no_grad(), run.precision.autocast():
-            fake = self.generator(z, y_fake).float()
+            fake = self.generator(chunk["z"], y_fake).float()
         # One D call on [real; fake], as BigGAN does: each dictionary sees both in one EMA update.
         inputs = torch.cat([self.augment(real), self.augment(fake)])
-        y_all = torch.cat([labels, y_fake]) if y_fake is not None else None
+        y_all = torch.cat([chunk["labels"], y_fake]) if y_fake is not None else None
         with run.precision.autocast():
             scores = self.d_train(inputs, y_all).float()
             gan_loss = discriminator_loss(self.cfg.loss, scores[:n], scores[n:])
             # FQ-GAN adds the mean commitment loss of the real samples plus that of the fake
             # ones (not the mean over both, which would halve it).
             fq_loss = self.discriminator.pop_fq_loss(batch_parts=(n, n))
-            loss = gan_loss + fq_loss
-        run.check_finite(step, {"d_loss": loss})
-        self.opt_d.zero_grad(set_to_none=True)
-        run.precision.backward(loss)
-        run.precision.step(self.opt_d)
         return {
-            "d_loss": loss.detach(),
-            "d_gan_loss": gan_loss.detach(),
-            "fq_loss_d": fq_loss.detach(),
-            "d_real": scores[:n].mean().detach(),
-            "d_fake": scores[n:].mean().detach(),
-            # Dictionary usage on this [real; fake] batch (the G update's forward sees fakes only).
-            **fq_statistics(self.discriminator.quantizers),
+            "d_loss": gan_loss + fq_loss,
+            "d_gan_loss": gan_loss,
+            "fq_loss_d": fq_loss,
+            "d_real": scores[:n].mean(),
+            "d_fake": scores[n:].mean(),
         }
 
     def generator_update(self, step: int, n: int) -> dict[str, torch.Tensor]:
-        run = self.run
-        z, y_fake = self._noise(n)
+        """One G update on ``n`` fakes (all its micro-batches)."""
+        run, parts = self.run, self.grad_accum
+        totals: dict[str, torch.Tensor] = {}
         self.discriminator.requires_grad_(False)
         try:
-            with run.precision.autocast():
-                fake = self.g_train(z, y_fake)
-                scores = self.discriminator(self.augment(fake), y_fake).float()
-                gan_loss = generator_loss(self.cfg.loss, scores)
-                fq_loss = self.discriminator.pop_fq_loss()  # commitment of fake features, into G's loss
-                loss = gan_loss + fq_loss
-            run.check_finite(step, {"g_loss": loss})
             self.opt_g.zero_grad(set_to_none=True)
-            run.precision.backward(loss)
+            for chunk, sync in run.micro_batches(self.g_train, self._fakes(n)):
+                with sync:  # DDP's no_sync covers forward and backward (and can be entered once)
+                    with run.precision.autocast():
+                        y_fake = chunk.get("y_fake")
+                        fake = self.g_train(chunk["z"], y_fake)
+                        scores = self.discriminator(self.augment(fake), y_fake).float()
+                        gan_loss = generator_loss(self.cfg.loss, scores)
+                        fq_loss = self.discriminator.pop_fq_loss()  # fake features' commitment, into G's loss
+                        loss = gan_loss + fq_loss
+                    run.check_finite(step, {"g_loss": loss})
+                    run.precision.backward(loss / parts)
+                losses = {"g_loss": loss, "g_gan_loss": gan_loss, "fq_loss_g": fq_loss}
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0.0) + value.detach() / parts
             run.precision.step(self.opt_g)
         finally:
             self.discriminator.requires_grad_(True)
-        return {"g_loss": loss.detach(), "g_gan_loss": gan_loss.detach(), "fq_loss_g": fq_loss.detach()}
+        return totals
+
+
+def real_batch_stream(
+    run: TrainingRun,
+    dataset: ImageDataset | PackedImages | MixtureDataset,
+    batch_size: int,
+    start_step: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The real batches of sampler steps ``start_step + 1, start_step + 2, …`` on the run's device.
+
+    Images come in ``[-1, 1]``. A packed folder is read by ``run.loader``'s worker processes
+    (``--num-workers``), which map its shards; in-memory data is indexed here. The sampler is
+    built now, so a batch larger than the dataset is refused before the first step.
+    """
+    if isinstance(dataset, PackedImages):
+        return _loaded_batches(run.loader(dataset, batch_size, start_step=start_step), run.device)
+    sampler = run.sampler(len(dataset), batch_size, start_step=start_step)
+    return (dataset.batch(indices, run.device) for indices in sampler)
+
+
+def _loaded_batches(loader: Iterable, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for images, labels in loader:
+        yield images_in_model_range(images.to(device, non_blocking=True)), labels.to(device)
 
 
 @contextlib.contextmanager
@@ -381,7 +450,7 @@ class TrainingFID:
         self,
         cfg: TrainConfig,
         run: TrainingRun,
-        dataset: ImageDataset,
+        dataset: ImageDataset | PackedImages,
         model_config: dict[str, Any],
         start_step: int,
     ):
@@ -398,7 +467,7 @@ class TrainingFID:
                     self.yardstick = self._prepare(dataset)
         self.best = BestCheckpoint(run, self.metric, start_step)
 
-    def _prepare(self, dataset: ImageDataset) -> FrechetYardstick:
+    def _prepare(self, dataset: ImageDataset | PackedImages) -> FrechetYardstick:
         cfg, run = self.cfg, self.run
         if cfg.data == "shapes":
             recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
@@ -479,47 +548,52 @@ def train(cfg: TrainConfig) -> TrainResult:
         )
         start = run.resume()
         gan = GANSteps(cfg, run, generator, discriminator, opt_g, opt_d)
-        sampler = run.sampler(len(dataset), cfg.batch_size)
         grid_z, grid_y = fixed_noise(cfg.num_grid_samples, model_config, seed=cfg.seed, device=run.device)
         fid = TrainingFID(cfg, run, dataset, model_config, start) if cfg.fid_every else None
         last: dict[str, float] = {}
+        update_size = cfg.batch_size * cfg.grad_accum
         images_seen, clock = 0, time.perf_counter()
-        for step in run.steps(start):
-            generator.train()
-            discriminator.train()
-            try:
-                for k in range(cfg.d_steps):
-                    # Batch k of step s is a pure function of (seed, s, k): resumes replay exactly.
-                    indices = sampler.batch_for_step((step - 1) * cfg.d_steps + k + 1)
-                    real, labels = dataset.batch(indices, run.device)
-                    d_metrics = gan.discriminator_update(step, real, labels)
-                g_metrics = gan.generator_update(step, cfg.batch_size)
-            except QuantizationInputError as error:
-                # The quantizer refuses NaN/inf features before touching its dictionary: report it
-                # like a non-finite loss; checkpoints on disk all predate this step.
-                raise run.diverged(f"discriminator features became non-finite at step {step}") from error
-            ema.update(generator, step)
-            images_seen += cfg.batch_size * (cfg.d_steps + 1) * run.dist.world_size
-            quality: dict[str, float] = {}
-            if fid is not None and fid.due(step):
-                measuring = time.perf_counter()
-                quality[fid.metric] = fid.measure(ema.model)
-                if fid.best.offer(step, quality[fid.metric]):
-                    run.logger.info(
-                        "step %d: %s %.4f is the best so far, saved as %s",
-                        step,
-                        fid.metric,
-                        quality[fid.metric],
-                        fid.best.path,
-                    )
-                clock += time.perf_counter() - measuring  # images_per_s stays a training throughput
-            if run.should_log(step) or quality:
-                elapsed = time.perf_counter() - clock
-                metrics = {**d_metrics, **g_metrics, "images_per_s": images_seen / max(elapsed, 1e-9)}
-                last = run.log(step, {**metrics, **quality})
-                images_seen, clock = 0, time.perf_counter()
-            if run.dist.is_main and (step % max(1, cfg.sample_every) == 0 or step == cfg.steps):
-                save_sample_grid(ema.model, grid_z, grid_y, run.samples_dir / f"step_{step:06d}.png", mixture)
+        # Every D update takes the next sampler step's batch (batch size × grad accum), so D
+        # update k of step s reads sampler step (s - 1) · d_steps + k + 1: a pure function of
+        # (seed, s, k), and a resume at step s continues exactly. Closing the stream stops its
+        # loader workers.
+        stream = real_batch_stream(run, dataset, cfg.batch_size, start_step=start * cfg.d_steps)
+        with contextlib.closing(stream) as real_batches:
+            for step in run.steps(start):
+                generator.train()
+                discriminator.train()
+                try:
+                    for _ in range(cfg.d_steps):
+                        real, labels = next(real_batches)
+                        d_metrics = gan.discriminator_update(step, real, labels)
+                    g_metrics = gan.generator_update(step, update_size)
+                except QuantizationInputError as error:
+                    # The quantizer refuses NaN/inf features before touching its dictionary: report it
+                    # like a non-finite loss; checkpoints on disk all predate this step.
+                    raise run.diverged(f"discriminator features became non-finite at step {step}") from error
+                ema.update(generator, step)
+                images_seen += update_size * (cfg.d_steps + 1) * run.dist.world_size
+                quality: dict[str, float] = {}
+                if fid is not None and fid.due(step):
+                    measuring = time.perf_counter()
+                    quality[fid.metric] = fid.measure(ema.model)
+                    if fid.best.offer(step, quality[fid.metric]):
+                        run.logger.info(
+                            "step %d: %s %.4f is the best so far, saved as %s",
+                            step,
+                            fid.metric,
+                            quality[fid.metric],
+                            fid.best.path,
+                        )
+                    clock += time.perf_counter() - measuring  # images_per_s stays a training throughput
+                if run.should_log(step) or quality:
+                    elapsed = time.perf_counter() - clock
+                    metrics = {**d_metrics, **g_metrics, "images_per_s": images_seen / max(elapsed, 1e-9)}
+                    last = run.log(step, {**metrics, **quality})
+                    images_seen, clock = 0, time.perf_counter()
+                if run.dist.is_main and (step % max(1, cfg.sample_every) == 0 or step == cfg.steps):
+                    grid_file = run.samples_dir / f"step_{step:06d}.png"
+                    save_sample_grid(ema.model, grid_z, grid_y, grid_file, mixture)
         run.logger.info("done: %s", run.run_dir)
     return TrainResult(last, generator, discriminator, ema.model)
 
