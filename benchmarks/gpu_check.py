@@ -130,7 +130,7 @@ def optimus_step(precision: Precision) -> Callable[[], None]:
     def step() -> None:
         with precision.autocast():
             out = model(enc_ids, mask, dec_ids, mask)
-            loss = out.nll.float().mean() + 0.5 * (out.mean.float() ** 2).mean()
+            loss = out.reconstruction_nll.float().mean() + 0.5 * (out.mean.float() ** 2).mean()
         precision.backward(loss)
         precision.step(optimizer, max_grad_norm=1.0)
         optimizer.zero_grad(set_to_none=True)

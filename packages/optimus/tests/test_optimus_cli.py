@@ -207,6 +207,7 @@ CONSOLE_SCRIPTS = {
     "optimus-generate": ("optimus.generate", "--guidance-scale"),
     "optimus-classify": ("optimus.classify", "--shots"),
     "optimus-claim": ("optimus.claim", "--kl-thresholds"),
+    "optimus-convert": ("optimus.convert", "--decoder-tokenizer"),
 }
 
 

@@ -11,7 +11,9 @@ from optimus_tiny import grammar_codec
 
 from dgm_core.errors import UserError
 from optimus.building import ModelOptions, open_or_build_codec
+from optimus.corpora import training_and_held_out_texts
 from optimus.data import (
+    ReadStats,
     TokenizedCorpus,
     build_token_cache,
     collate,
@@ -184,3 +186,91 @@ def test_a_runs_tokenizers_are_built_once_and_then_reused_by_every_process(tmp_p
     corpus = build_token_cache(texts[:20], first, 32, tmp_path / "cache")
     assert corpus.matches(again, 32)
     assert open_or_build_token_cache(iter([]), again, 32, tmp_path / "cache").meta == corpus.meta
+
+
+# --------------------------------------------------------------------------- the original's formats
+
+
+def _shard_records(tokenizer, texts: list[str]) -> list[dict]:
+    """Records as the original's TokenDataset writes them: <BOS> ' ' + text <EOS> (GPT-2 side)."""
+    records = []
+    for text in texts:
+        gpt2 = [
+            tokenizer.bos_token_id,
+            *tokenizer.encode(" " + text, add_special_tokens=False),
+            tokenizer.eos_token_id,
+        ]
+        bert = [2, *range(5, 5 + len(text.split())), 3]  # the shard's BERT side is not read
+        records.append(
+            {
+                "bert_token": bert,
+                "bert_token_length": len(bert),
+                "gpt2_token": gpt2,
+                "gpt2_token_length": len(gpt2),
+            }
+        )
+    return records
+
+
+def test_the_originals_json_shards_are_read_as_a_file_and_as_a_folder(tmp_path):
+    tokenizer = grammar_codec().decoder_tokenizer
+    texts = [s.text for s in generate_corpus(11, seed=4)]
+    folder = tmp_path / "wikipedia_json_64_filtered"
+    folder.mkdir()
+    for index, text in enumerate(texts):  # one sentence per shard: the order is visible
+        shard = folder / f"wikipedia.segmented.nltk.split.seq64.{index}.json"
+        shard.write_text(json.dumps(_shard_records(tokenizer, [text])))
+    one = folder / "wikipedia.segmented.nltk.split.seq64.3.json"
+    assert [t for t, _ in iter_sentences(one, shard_tokenizer=tokenizer)] == [texts[3]]
+    # Shards 0, 1, ..., 10 in numeric order (sorted names would put 10 before 2), as the original walks them.
+    assert read_sentences(folder, shard_tokenizer=tokenizer).texts == texts
+    assert read_sentences(folder, "optimus_json", shard_tokenizer=tokenizer).texts == texts
+    with pytest.raises(UserError, match="--shard-tokenizer"):
+        read_sentences(one)
+
+
+def test_a_malformed_record_or_line_is_skipped_and_counted_in_a_streamed_corpus(tmp_path, caplog):
+    tokenizer = grammar_codec().decoder_tokenizer
+    texts = [s.text for s in generate_corpus(3, seed=5)]
+    records = _shard_records(tokenizer, texts)
+    records.insert(1, {"bert_token": [2, 3]})  # no gpt2_token
+    shard = tmp_path / "shard.0.json"
+    shard.write_text(json.dumps(records))
+    stats = ReadStats()
+    with caplog.at_level("WARNING", logger="optimus.data"):
+        got = [
+            t for t, _ in iter_sentences(shard, stats=stats, on_malformed="skip", shard_tokenizer=tokenizer)
+        ]
+    assert got == texts and stats.malformed == 1 and "shard.0.json[1]" in stats.first_malformed
+    assert "skipped 1 malformed" in caplog.text
+    with pytest.raises(UserError, match=r"shard.0.json\[1\]: a shard record needs 'gpt2_token'"):
+        read_sentences(shard, shard_tokenizer=tokenizer)
+    # The same for a line file: a broken JSON line in the middle of a training stream.
+    lines = tmp_path / "train.jsonl"
+    lines.write_text('{"text": "first ."}\n{"text": "second .\n{"text": "third ."}\n')
+    stats = ReadStats()
+    assert [t for t, _ in iter_sentences(lines, stats=stats, on_malformed="skip")] == ["first .", "third ."]
+    assert stats.malformed == 1 and stats.first_malformed.startswith(f"{lines}:2")
+    # optimus-train streams its training file leniently (and reads its evaluation file strictly).
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("held out .\n")
+    seen = ReadStats()
+    streamed, _ = training_and_held_out_texts(str(lines), str(held_out), "auto", 0, 1, 0, stats=seen)
+    assert list(streamed) == ["first .", "third ."] and seen.malformed == 1
+    with pytest.raises(UserError, match="not valid JSON"):
+        training_and_held_out_texts(str(held_out), str(lines), "auto", 0, 1, 0)
+
+
+def test_context_tab_response_is_never_read_as_label_tab_text(tmp_path):
+    dialogue = tmp_path / "dialogue.txt"
+    # The first line alone looks labelled; the file as a whole is context<TAB>response.
+    dialogue.write_text("ok\tsure , see you then .\nwhat time is it ?\tnoon .\nhow are you ?\tfine .\n")
+    with pytest.raises(UserError, match="not label<TAB>text.*--data-format") as error:
+        read_sentences(dialogue)
+    assert "\n" not in str(error.value)
+    whole = read_sentences(dialogue, "text")
+    assert whole.labels is None and whole.texts[1] == "what time is it ?\tnoon ."
+    # Yelp's label<TAB>text over many lines is still detected.
+    yelp = tmp_path / "yelp.txt"
+    yelp.write_text("".join(f"{i % 2}\tthe food was {'good' if i % 2 else 'bad'} .\n" for i in range(300)))
+    assert read_sentences(yelp).labels[:3] == ["0", "1", "0"]

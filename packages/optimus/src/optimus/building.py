@@ -1,21 +1,33 @@
-"""A fresh VAE to train: its tokenizers, its two halves, and the optimizer's parameter groups.
+"""The VAE a run trains: its tokenizers, its two halves, and the optimizer's parameter groups.
 
 Each half is either a pretrained checkpoint (``--encoder`` BERT / ``--decoder`` GPT-2: a local
 folder or a name already in the local Hugging Face cache; never a network call) or a tiny one
-built from scratch, whose tokenizer is then trained on the training corpus.
+built from scratch, whose tokenizer is then trained on the training corpus. Or the whole VAE
+comes from a saved or converted Optimus (``--init-from``): encoder, decoder, latent head,
+injections and tokenizers as they are there.
+
+A run keeps its tokenizers in ``<run_dir>/tokenizers`` with a record of what they were built
+from (``source.json``). Another source — a different corpus for from-scratch tokenizers, other
+pretrained halves — rebuilds them when the run starts fresh and is refused when it resumes (its
+checkpoints need the old token ids); tokenizers are never saved from an empty read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoConfig, BertModel, GPT2LMHeadModel
 
 from dgm_core.errors import UserError
-from dgm_core.runtime.files import atomic_directory
+from dgm_core.pretrained import read_pretrained_config
+from dgm_core.runtime.files import atomic_directory, write_json_atomic
+from optimus.saved_model import resolve_model_folder
 from optimus.tokenization import (
     SentenceCodec,
     load_tokenizer,
@@ -24,7 +36,10 @@ from optimus.tokenization import (
 )
 from optimus.vae import OptimusConfig, OptimusVAE, tiny_decoder_config, tiny_encoder_config
 
+log = logging.getLogger("optimus.building")
+
 SCRATCH_HEAD_WIDTH = 32  # from-scratch halves get one attention head per 32 channels
+TOKENIZER_SOURCE_FILE = "source.json"
 
 
 @dataclass(frozen=True)
@@ -40,19 +55,63 @@ class ModelOptions:
     scratch_layers: int = 2
     vocab_size: int = 1000  # of tokenizers trained from scratch
     block_size: int = 64  # longest token sequence
+    init_from: str = ""  # a saved or converted Optimus model folder to start from; empty: build one
 
     @classmethod
     def from_config(cls, cfg: Any) -> ModelOptions:
-        """The options of the same names on ``cfg`` (a CLI config)."""
-        return cls(**{field.name: getattr(cfg, field.name) for field in fields(cls)})
+        """The options of the same names on ``cfg`` (a CLI config); with ``init_from``, the model's own.
+
+        A saved model fixes its encoder, decoder, latent size, injections and tokenizers. Options
+        that would change them are refused when set to something else than the model has; left
+        at their defaults they take the model's values, so the run records what it trains.
+        """
+        options = cls(**{field.name: getattr(cfg, field.name) for field in fields(cls)})
+        return options.resolved_init_from() if options.init_from else options
+
+    def resolved_init_from(self) -> ModelOptions:
+        folder = resolve_model_folder(self.init_from)
+        config = read_pretrained_config(folder)
+        if config.get("model_type") != "optimus":
+            raise UserError(
+                f"--init-from '{folder}' is not an Optimus model folder (model_type is not optimus)"
+            )
+        defaults = ModelOptions()
+        for name in ("encoder", "decoder", "scratch_hidden", "scratch_layers", "vocab_size"):
+            if getattr(self, name) != getattr(defaults, name):
+                flag = "--" + name.replace("_", "-")
+                raise UserError(
+                    f"--init-from takes the encoder, decoder and tokenizers of '{folder}': drop {flag}"
+                )
+        taken = {
+            "latent_size": config.get("latent_size", defaults.latent_size),
+            "memory_injection": config.get("memory_injection", defaults.memory_injection),
+            "embedding_injection": config.get("embedding_injection", defaults.embedding_injection),
+        }
+        for name, model_value in taken.items():
+            value = getattr(self, name)
+            if value != getattr(defaults, name) and value != model_value:
+                raise UserError(
+                    f"--{name.replace('_', '-')} {value} conflicts with --init-from '{folder}', "
+                    f"whose model has {model_value}"
+                )
+        return replace(self, init_from=str(folder), **taken)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def build_codec(options: ModelOptions, training_texts: Callable[[], list[str]]) -> SentenceCodec:
-    """Tokenizers: the pretrained halves' own, or trained on ``training_texts()`` (called only then)."""
-    texts = training_texts() if not (options.encoder and options.decoder) else []
+    """Tokenizers: an ``init_from`` model's, the pretrained halves' own, or trained on ``training_texts()``.
+
+    ``training_texts`` is called only when a half is built from scratch; an empty result is a
+    one-line error (tokenizers trained on nothing would be saved and then reused).
+    """
+    if options.init_from:
+        return SentenceCodec.from_pretrained(options.init_from)
+    return _build_from(options, _tokenizer_texts(options, training_texts))
+
+
+def _build_from(options: ModelOptions, texts: list[str]) -> SentenceCodec:
     encoder_tokenizer = (
         load_tokenizer(options.encoder, "encoder")
         if options.encoder
@@ -66,18 +125,90 @@ def build_codec(options: ModelOptions, training_texts: Callable[[], list[str]]) 
     return SentenceCodec(encoder_tokenizer, decoder_tokenizer)
 
 
+def _needs_training_texts(options: ModelOptions) -> bool:
+    return not options.init_from and not (options.encoder and options.decoder)
+
+
+def _tokenizer_texts(options: ModelOptions, training_texts: Callable[[], list[str]]) -> list[str]:
+    if not _needs_training_texts(options):
+        return []
+    texts = training_texts()
+    if not texts:
+        raise UserError("no sentences to train the tokenizers on (the training data is empty)")
+    return texts
+
+
+def _texts_digest(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", errors="replace") + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _models_behind(options: ModelOptions) -> dict[str, Any]:
+    """What a tokenizer source is besides data: a model folder, pretrained names, a vocabulary size."""
+    if options.init_from:
+        return {"init_from": options.init_from}
+    behind: dict[str, Any] = {"encoder": options.encoder, "decoder": options.decoder}
+    if _needs_training_texts(options):
+        behind["vocab_size"] = options.vocab_size
+    return behind
+
+
 def open_or_build_codec(
-    folder: str | Path, options: ModelOptions, training_texts: Callable[[], list[str]]
+    folder: str | Path,
+    options: ModelOptions,
+    training_texts: Callable[[], list[str]],
+    allow_rebuild: bool = True,
+    corpus_key: str = "",
 ) -> SentenceCodec:
-    """The tokenizers saved in ``folder``, built and saved there first when it has none.
+    """The tokenizers saved in ``folder``, built and saved there first when it has none (or others).
 
     Every caller reads them back from ``folder``, so all processes of a run, and every resume of
-    it, use the same token ids. The folder is written atomically: a crash never leaves a half.
+    it, use the same token ids. ``folder/source.json`` records what they were built from: the
+    models or names behind them and, for tokenizers trained from scratch, the corpus
+    (``corpus_key``, cheap: file names, sizes and times) and a hash of the sentences they were
+    trained on. A different corpus key makes it read ``training_texts()`` and compare the hash
+    (a copied or touched file with the same sentences keeps its tokenizers). When the source
+    differs the tokenizers are rebuilt if ``allow_rebuild`` (a fresh run), else refused (the
+    checkpoints of a resumed run need the old ids). A folder from before the record existed is
+    reused with a warning. The folder is written atomically: a crash, or a read that fails or
+    finds nothing, never leaves a half or an empty one.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        with atomic_directory(folder) as tmp:
-            build_codec(options, training_texts).save_pretrained(tmp)
+    behind = _models_behind(options)
+    record_path = folder / TOKENIZER_SOURCE_FILE
+    texts: list[str] | None = None
+    if folder.is_dir():
+        if not record_path.is_file():
+            log.warning(
+                "%s has no %s (an older run): reusing its tokenizers unchecked", folder, record_path.name
+            )
+            return SentenceCodec.from_pretrained(folder)
+        record = json.loads(record_path.read_text())
+        same = record.get("models") == behind
+        if same and _needs_training_texts(options) and record.get("corpus") != corpus_key:
+            texts = _tokenizer_texts(options, training_texts)
+            same = record.get("texts_sha256") == _texts_digest(texts)
+            if same:  # the same sentences under another key (a copied or touched file): remember it
+                write_json_atomic(record_path, {**record, "corpus": corpus_key})
+        if same:
+            return SentenceCodec.from_pretrained(folder)
+        if not allow_rebuild:
+            raise UserError(
+                f"the tokenizers in {folder} were built from other data or models than this run's "
+                f"(see {record_path}); the checkpoints being resumed need them: "
+                "use a new --run-dir, or the original data"
+            )
+        log.warning("the tokenizers in %s were built from other data or models: rebuilding them", folder)
+    if texts is None:
+        texts = _tokenizer_texts(options, training_texts)
+    record = {"models": behind}
+    if _needs_training_texts(options):
+        record.update(corpus=corpus_key, texts=len(texts), texts_sha256=_texts_digest(texts))
+    with atomic_directory(folder) as tmp:
+        build_codec(options, lambda: texts).save_pretrained(tmp)
+        (tmp / TOKENIZER_SOURCE_FILE).write_text(json.dumps(record, indent=2))
     return SentenceCodec.from_pretrained(folder)
 
 
@@ -154,10 +285,24 @@ def _decoder(options: ModelOptions, codec: SentenceCodec) -> GPT2LMHeadModel:
 
 
 def build_model(options: ModelOptions, codec: SentenceCodec) -> OptimusVAE:
-    """The VAE: pretrained halves where given, tiny from-scratch ones otherwise."""
+    """The VAE: the ``init_from`` model, else pretrained halves where given and tiny new ones elsewhere."""
+    if options.init_from:
+        model = OptimusVAE.from_pretrained(options.init_from)
+        if options.block_size > model.max_block_size:
+            raise UserError(
+                f"block_size {options.block_size} exceeds what '{options.init_from}' can position "
+                f"({model.max_block_size} tokens)"
+            )
+        model.config.block_size = options.block_size
+        return model
     encoder = _encoder(options, codec)
     decoder = _decoder(options, codec)
-    config = OptimusConfig(options.latent_size, options.memory_injection, options.embedding_injection)
+    config = OptimusConfig(
+        options.latent_size,
+        options.memory_injection,
+        options.embedding_injection,
+        block_size=options.block_size,
+    )
     return OptimusVAE(config, encoder, decoder)
 
 

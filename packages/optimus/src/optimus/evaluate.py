@@ -4,8 +4,12 @@ Reports PPL from the importance-weighted bound with K posterior samples (default
 per sentence (``nll``), −ELBO, reconstruction, KL, MI and AU — defined in
 :mod:`optimus.evaluation`, which computes them. PPL's token count is every token the decoder
 predicts (the sentence's tokens plus ``<EOS>``, not ``<BOS>``, never padding); ``num_tokens`` in
-the output says how many that was. ``--precision bf16|fp16`` runs the forward passes in that
-precision; the log-likelihood sums stay float32.
+the output says how many that was. ``ppl_original`` is the same bound over the original code's
+count, which also counts each sentence's ``<BOS>`` (``num_tokens_original``): the number to put
+next to the Optimus paper's. Sentences longer than the block size (the model's own unless
+``--block-size``) are dropped and counted, as the original's evaluation does, or truncated
+(``--long-sentences``). ``--precision bf16|fp16`` runs the forward passes in that precision; the
+log-likelihood sums stay float32.
 """
 
 from __future__ import annotations
@@ -17,9 +21,15 @@ from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from optimus.corpora import embedded_test_texts
-from optimus.data import read_sentences
-from optimus.evaluation import evaluate_model
-from optimus.saved_model import SavedModelConfig, beside_model, open_saved_model, write_result
+from optimus.data import FORMATS, read_sentences
+from optimus.evaluation import LONG_SENTENCES, evaluate_model
+from optimus.saved_model import (
+    SavedModelConfig,
+    beside_model,
+    open_saved_model,
+    resolve_block_size,
+    write_result,
+)
 
 
 @dataclass
@@ -27,20 +37,28 @@ class EvalConfig(SavedModelConfig):
     test_file: str = option(
         "", help="Test sentences (text, label<TAB>text or JSONL); empty: embedded held-out corpus."
     )
-    data_format: str = option("auto", help="Input format.", choices=("auto", "text", "labeled", "jsonl"))
+    data_format: str = option("auto", help="Input format.", choices=FORMATS)
     num_sentences: int = option(500, help="Embedded test sentences when no --test-file is given.")
     iw_samples: int = option(
         100, help="K, the importance samples per sentence for the PPL bound (0: ELBO only)."
     )
     batch_size: int = option(32, help="Sentences per batch.")
-    block_size: int = option(64, help="Longest token sequence; longer sentences are truncated and counted.")
+    block_size: int = option(0, help="Longest token sequence (0: the model's own block size).")
+    long_sentences: str = option(
+        "drop",
+        help="Sentences longer than the block size: drop and count them (the original's evaluation) "
+        "or truncate them (counted too).",
+        choices=LONG_SENTENCES,
+    )
     output: str = option("", help="Where to write the JSON (default: <model>/../eval.json).")
 
 
 def evaluate(cfg: EvalConfig) -> dict:
     runtime, model, codec = open_saved_model(cfg)
+    block_size = resolve_block_size(model, cfg.block_size)
     if cfg.test_file:
-        texts = read_sentences(cfg.test_file, cfg.data_format).texts
+        # The model's decoder tokenizer reads the original's .json shards (GPT-2 ids) when given one.
+        texts = read_sentences(cfg.test_file, cfg.data_format, shard_tokenizer=codec.decoder_tokenizer).texts
     else:
         texts = embedded_test_texts(cfg.num_sentences, cfg.seed)
     if cfg.iw_samples < 0:
@@ -49,7 +67,14 @@ def evaluate(cfg: EvalConfig) -> dict:
         raise UserError("nothing to evaluate: --num-sentences must be at least 1")
     with runtime.precision.autocast():
         result = evaluate_model(
-            model, codec, texts, runtime.device, cfg.iw_samples, cfg.batch_size, cfg.block_size
+            model,
+            codec,
+            texts,
+            runtime.device,
+            cfg.iw_samples,
+            cfg.batch_size,
+            block_size,
+            cfg.long_sentences,
         )
     result["model"] = str(cfg.model)
     result["test_file"] = cfg.test_file or "embedded"
@@ -63,6 +88,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 def format_table(result: dict) -> str:
     rows = [
         (f"PPL (IW, K={result['iw_samples']})", result.get("ppl", result.get("ppl_elbo"))),
+        ("PPL, original's count", result.get("ppl_original", result.get("ppl_elbo_original"))),
         ("NLL / sentence", result.get("nll")),
         ("-ELBO / sentence", result["neg_elbo"]),
         ("reconstruction", result["reconstruction"]),
@@ -70,6 +96,11 @@ def format_table(result: dict) -> str:
         ("MI", result["mi"]),
         ("AU (delta 0.01)", f"{result['au']} / {result['latent_size']}"),
         ("sentences / tokens", f"{result['num_sentences']} / {result['num_tokens']}"),
+        ("tokens, original's count", result["num_tokens_original"]),
+        (
+            f"block size {result['block_size']}",
+            f"{result['dropped']} dropped, {result['truncated']} truncated",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     lines = []

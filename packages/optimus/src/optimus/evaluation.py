@@ -12,6 +12,16 @@ Metrics (per the reference evaluation, vae-lagging-encoder / Optimus conventions
 
 PPL's token count is every token the decoder predicts: the sentence's tokens plus ``<EOS>``,
 not ``<BOS>`` (which it conditions on), never padding; ``num_tokens`` says how many that was.
+``ppl_original`` divides the same bound by the original code's count instead (``calc_iwnll`` in
+ChunyuanLI/Optimus sums ``gpt2_token_length``, the length of ``<BOS> tokens <EOS>``: one more per
+sentence, the unpredicted ``<BOS>``): ``num_tokens_original`` = ``num_tokens`` + sentences when
+nothing is truncated. Papers comparing with Optimus's numbers need that one; it is lower.
+
+Sentences longer than the block size (in either tokenizer's tokens, special tokens included) are
+``drop``-ped and counted (``dropped``) — what the original's evaluation does with its datasets,
+whose loader drops lines of more than ``block_size`` words — or ``truncate``-d (the decoder
+copy loses its ``<EOS>``) and counted (``truncated``). The block size is the model's own unless
+given.
 
 Called under ``Precision.autocast()`` the forward passes run in that precision; every
 log-likelihood term and sum is computed in float32 (the decoder's logits are cast before the
@@ -26,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from dgm_core.errors import UserError
 from dgm_core.metrics.latent import (
     active_units,
     gaussian_kl,
@@ -33,7 +44,7 @@ from dgm_core.metrics.latent import (
     mutual_information,
     perplexity,
 )
-from optimus.data import encode_texts, iterate_batches
+from optimus.data import iterate_batches
 from optimus.latents import DecodingOptions, decode_latents, posterior_means
 from optimus.tokenization import SentenceCodec
 from optimus.vae import OptimusVAE
@@ -75,6 +86,27 @@ def iw_log_weights(
     return torch.cat(weights, dim=1), rec_first
 
 
+LONG_SENTENCES = ("drop", "truncate")
+
+
+def encode_for_evaluation(
+    texts: list[str], codec: SentenceCodec, block_size: int, long_sentences: str
+) -> tuple[list, int, int]:
+    """``(encoder_ids, decoder_ids)`` of the sentences evaluated, and how many were truncated and dropped."""
+    if long_sentences not in LONG_SENTENCES:
+        raise UserError(f"long_sentences must be one of {', '.join(LONG_SENTENCES)}, got {long_sentences!r}")
+    pairs, truncated, dropped = [], 0, 0
+    for text in texts:
+        encoded = codec.encode(text, block_size)
+        if encoded.truncated:
+            if long_sentences == "drop":
+                dropped += 1
+                continue
+            truncated += 1
+        pairs.append((encoded.encoder_ids, encoded.decoder_ids))
+    return pairs, truncated, dropped
+
+
 @torch.no_grad()
 def evaluate_model(
     model: OptimusVAE,
@@ -83,13 +115,23 @@ def evaluate_model(
     device: torch.device,
     num_iw_samples: int = 100,
     batch_size: int = 32,
-    block_size: int = 64,
+    block_size: int | None = None,
+    long_sentences: str = "drop",
 ) -> dict:
-    """All metrics of the module docstring over ``texts`` (model in eval mode)."""
+    """All metrics of the module docstring over ``texts`` (model in eval mode).
+
+    ``block_size`` defaults to the model's own; ``long_sentences`` is ``drop`` or ``truncate``.
+    """
+    block_size = block_size or model.block_size
+    pairs, truncated, dropped = encode_for_evaluation(texts, codec, block_size, long_sentences)
+    if not pairs:
+        raise UserError(
+            f"all {len(texts)} test sentence(s) are longer than the block size ({block_size} tokens) and "
+            "were dropped: use --long-sentences truncate or a larger --block-size"
+        )
     was_training = model.training
     model.eval()
-    pairs, truncated = encode_texts(texts, codec, block_size)
-    totals = {"iw_nll": 0.0, "rec": 0.0, "kl": 0.0, "tokens": 0}
+    totals = {"iw_nll": 0.0, "rec": 0.0, "kl": 0.0, "tokens": 0, "sequence_tokens": 0}
     means, logvars = [], []
     for batch in iterate_batches(pairs, batch_size, codec):
         batch = batch.to(device)
@@ -104,6 +146,7 @@ def evaluate_model(
         totals["rec"] += float(rec.sum())
         totals["kl"] += float(gaussian_kl(mean, logvar).sum())
         totals["tokens"] += int(batch.decoder_mask[:, 1:].sum())
+        totals["sequence_tokens"] += int(batch.decoder_mask.sum())  # <BOS> included: the original's count
         means.append(mean.cpu())
         logvars.append(logvar.cpu())
     model.train(was_training)
@@ -113,7 +156,11 @@ def evaluate_model(
     result = {
         "num_sentences": n,
         "num_tokens": totals["tokens"],
+        "num_tokens_original": totals["sequence_tokens"],
+        "block_size": block_size,
+        "long_sentences": long_sentences,
         "truncated": truncated,
+        "dropped": dropped,
         "iw_samples": num_iw_samples,
         "reconstruction": totals["rec"] / n,
         "kl": totals["kl"] / n,
@@ -125,8 +172,10 @@ def evaluate_model(
     if num_iw_samples > 0:
         result["nll"] = totals["iw_nll"] / n
         result["ppl"] = perplexity(totals["iw_nll"], totals["tokens"])
+        result["ppl_original"] = perplexity(totals["iw_nll"], totals["sequence_tokens"])
     else:
         result["ppl_elbo"] = perplexity(totals["rec"] + totals["kl"], totals["tokens"])
+        result["ppl_elbo_original"] = perplexity(totals["rec"] + totals["kl"], totals["sequence_tokens"])
     return result
 
 
@@ -143,7 +192,7 @@ def write_samples(
     was_training = model.training
     model.eval()
     texts = texts[:num]
-    options = DecodingOptions(max_length=block_size)
+    options = DecodingOptions(max_length=block_size - 1)  # the block holds <BOS> too
     reconstructions = decode_latents(model, codec, posterior_means(model, codec, texts, device), options)
     prior = decode_latents(model, codec, torch.randn(len(texts), model.latent_size, device=device), options)
     model.train(was_training)

@@ -13,7 +13,8 @@ Modes (``--mode``):
   the embedded corpus, whose checker then reads the attribute back and reports the accuracy.
 
 All decoding uses the KV cache (the memory slot is its first entry): greedy or sampling with
-temperature/top-k/top-p, up to ``--max-length`` tokens. ``--precision bf16|fp16`` runs encoding
+temperature/top-k/top-p, up to ``--max-length`` tokens (by default the model's block size).
+Input sentences are encoded with the model's own block size. ``--precision bf16|fp16`` runs encoding
 and decoding in that precision.
 """
 
@@ -131,15 +132,18 @@ class GenerateConfig(SavedModelConfig):
     temperature: float = option(1.0, help="Sampling temperature.")
     top_k: int = option(0, help="Sample among the k most likely tokens (0: all).")
     top_p: float = option(1.0, help="Nucleus sampling mass (1: off).")
-    max_length: int = option(40, help="Most new tokens per sentence.")
+    max_length: int = option(
+        0, help="Most new tokens per sentence (0: the model's block size, less the <BOS>)."
+    )
     output: str = option("", help="Also write the result as JSON here.")
 
 
 def generate(cfg: GenerateConfig) -> dict:
+    if cfg.max_length < 0 or cfg.num < 1:
+        raise UserError("max_length must be >= 0 (0: the model's block size) and num at least 1")
     runtime, model, codec = open_saved_model(cfg)
-    options = DecodingOptions(cfg.strategy, cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_length)
-    if cfg.max_length < 1 or cfg.num < 1:
-        raise UserError("max_length and num must be at least 1")
+    max_length = cfg.max_length or model.block_size - 1
+    options = DecodingOptions(cfg.strategy, cfg.temperature, cfg.top_k, cfg.top_p, max_length)
     with runtime.precision.autocast():
         result, lines = _generate_mode(cfg, model, codec, options, runtime.device)
     print("\n".join(lines))

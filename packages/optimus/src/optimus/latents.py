@@ -1,7 +1,8 @@
 """Sentences to latents and back, in batches: what generation, classification and training samples share.
 
 Called under ``Precision.autocast()`` the forward passes run in that precision; the returned
-latents and features are float32 either way.
+latents and features are float32 either way. Sentences are encoded with the model's own block
+size (longer ones truncated) unless a block size is given.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def _encode_in_batches(
     device: torch.device,
     features_of: Callable[[TextBatch], torch.Tensor],
     batch_size: int,
-    block_size: int,
+    block_size: int | None,
 ) -> torch.Tensor:
-    pairs, _ = encode_texts(texts, codec, block_size)
+    pairs, _ = encode_texts(texts, codec, block_size or model.block_size)
     return torch.cat(
         [features_of(batch.to(device)).float() for batch in iterate_batches(pairs, batch_size, codec)]
     )
@@ -38,7 +39,7 @@ def posterior_means(
     texts: list[str],
     device: torch.device,
     batch_size: int = 64,
-    block_size: int = 64,
+    block_size: int | None = None,
 ) -> torch.Tensor:
     """``E[z|x]`` for each sentence, ``[N, latent]`` on ``device``."""
     return _encode_in_batches(
@@ -58,7 +59,7 @@ def pooled_features(
     texts: list[str],
     device: torch.device,
     batch_size: int = 64,
-    block_size: int = 64,
+    block_size: int | None = None,
 ) -> torch.Tensor:
     """The encoder's pooled output for each sentence, ``[N, hidden]`` on ``device``."""
     return _encode_in_batches(

@@ -28,16 +28,22 @@ def save_trained(folder: str | Path, model: OptimusVAE, codec: SentenceCodec) ->
     return model.save_pretrained(folder, extra_files=codec.as_extra_files())
 
 
-def load_trained(model_dir: str | Path, device: torch.device) -> tuple[OptimusVAE, SentenceCodec]:
-    """A saved model folder (or a run directory holding ``model/``) and its tokenizers; eval mode."""
+def resolve_model_folder(model_dir: str | Path) -> Path:
+    """The model folder itself, or the ``model/`` of a run directory; a one-line error when absent."""
     folder = Path(model_dir)
     if (folder / "model" / "config.json").is_file():  # a run directory
         folder = folder / "model"
     if not folder.exists():
         raise UserError(
             f"model folder '{folder}' not found; train one first with optimus-train "
-            f"(its default is {DEFAULT_MODEL})"
+            f"(its default is {DEFAULT_MODEL}) or convert the original's checkpoints with optimus-convert"
         )
+    return folder
+
+
+def load_trained(model_dir: str | Path, device: torch.device) -> tuple[OptimusVAE, SentenceCodec]:
+    """A saved model folder (or a run directory holding ``model/``) and its tokenizers; eval mode."""
+    folder = resolve_model_folder(model_dir)
     model = OptimusVAE.from_pretrained(folder, map_location=device)
     codec = SentenceCodec.from_pretrained(folder)
     if (
@@ -61,6 +67,17 @@ def open_saved_model(cfg: SavedModelConfig) -> tuple[InferenceRuntime, OptimusVA
     runtime = open_inference(cfg)
     model, codec = load_trained(cfg.model, runtime.device)
     return runtime, model, codec
+
+
+def resolve_block_size(model: OptimusVAE, requested: int) -> int:
+    """``requested`` (0: the model's own block size), refused when the model cannot position it."""
+    if requested < 0:
+        raise UserError(f"block_size must be >= 0 (0: the model's own), got {requested}")
+    if requested > model.max_block_size:
+        raise UserError(
+            f"block_size {requested} exceeds what the model can position ({model.max_block_size} tokens)"
+        )
+    return requested or model.block_size
 
 
 def beside_model(model: str | Path, filename: str) -> Path:

@@ -40,17 +40,62 @@ def train_decoder_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> Pre
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **DECODER_SPECIAL_TOKENS)
 
 
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CONTINUATION_PREFIX = "##"  # WordPiece's mark of a piece that continues a word
+
+
+def wordpiece_alphabet(texts: Iterable[str]) -> list[str]:
+    """The characters a WordPiece vocabulary needs, in a fixed order: word-initial ones, then ``##`` ones.
+
+    Both lists are sorted by code point, so the order depends on the characters alone.
+    """
+    from tokenizers import normalizers, pre_tokenizers
+
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    initial: set[str] = set()
+    continuing: set[str] = set()
+    for text in texts:
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
+            initial.add(word[0])
+            continuing.update(word[1:])
+    return sorted(initial) + [CONTINUATION_PREFIX + c for c in sorted(continuing)]
+
+
 def train_encoder_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A lower-casing WordPiece tokenizer (BERT's scheme) trained on ``texts``."""
+    """A lower-casing WordPiece tokenizer (BERT's scheme) trained on ``texts``; deterministic.
+
+    The ``tokenizers`` WordPiece trainer gives the ``##`` continuation characters their ids in
+    hash-map order, which changes from one training to the next, and its merges break ties by
+    those ids, so even the vocabulary itself varied. Here the whole alphabet is placed in the
+    vocabulary first, in code-point order (passed to the trainer as leading tokens), so every id
+    and every tie-break is fixed by the data. The trained vocabulary is then loaded into a fresh
+    WordPiece model, so those leading characters are ordinary vocabulary entries, not special tokens.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    texts = list(texts)
+
+    def bert_pipeline(model) -> Tokenizer:
+        tokenizer = Tokenizer(model)
+        tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix=CONTINUATION_PREFIX)
+        return tokenizer
+
+    scratch = bert_pipeline(models.WordPiece(unk_token="[UNK]"))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=BERT_SPECIAL_TOKENS + wordpiece_alphabet(texts),
+        continuing_subword_prefix=CONTINUATION_PREFIX,
+        show_progress=False,
+    )
+    scratch.train_from_iterator(texts, trainer=trainer)
+    vocab = scratch.get_vocab(with_added_tokens=False)
+    tokenizer = bert_pipeline(
+        models.WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix=CONTINUATION_PREFIX)
+    )
+    tokenizer.add_special_tokens(BERT_SPECIAL_TOKENS)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -72,14 +117,20 @@ def load_tokenizer(name_or_path: str | Path, what: str) -> PreTrainedTokenizerBa
     try:
         return AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=True)
     except (OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # one line on the terminal
         raise UserError(
             f"cannot load the {what} tokenizer from '{name_or_path}' offline "
-            f"(a folder with tokenizer files or a model in the local Hugging Face cache): {exc}"
+            f"(a folder with tokenizer files or a model in the local Hugging Face cache): {reason}"
         ) from None
 
 
 def prepare_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Add Optimus's PAD/BOS/EOS special tokens where a (GPT-2) tokenizer lacks them."""
+    """Add Optimus's PAD/BOS/EOS special tokens where a (GPT-2) tokenizer lacks them.
+
+    They are added in the original's order — one ``add_special_tokens`` call with ``<PAD>``,
+    ``<BOS>``, ``<EOS>`` — so GPT-2's 50257 tokens are followed by ``<PAD>`` 50257, ``<BOS>``
+    50258 and ``<EOS>`` 50259, the ids of the original's checkpoints and pre-tokenized shards.
+    """
     missing = {
         key: token
         for key, token in DECODER_SPECIAL_TOKENS.items()

@@ -53,6 +53,9 @@ class OptimusConfig:
     encoder: dict = field(default_factory=dict)  # BertConfig.to_dict()
     decoder: dict = field(default_factory=dict)  # GPT2Config.to_dict()
     model_type: str = "optimus"
+    # Longest token sequence (either half) the model was trained for and is evaluated with;
+    # 0: the most its position embeddings allow. Folders saved before this field read back as 0.
+    block_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +137,11 @@ class OptimusVAE(nn.Module):
         for layer in (self.latent_head, self.memory_projection, self.embedding_projection):
             if layer is not None:
                 nn.init.normal_(layer.weight, std=0.02)
+        if config.block_size < 0 or config.block_size > self.max_block_size:
+            raise UserError(
+                f"block_size {config.block_size} does not fit the model: its positions allow at most "
+                f"{self.max_block_size} tokens"
+            )
 
     # -- special ids -------------------------------------------------------------------------
     @property
@@ -151,6 +159,17 @@ class OptimusVAE(nn.Module):
     @property
     def pad_id(self) -> int:
         return self.decoder.config.pad_token_id
+
+    @property
+    def max_block_size(self) -> int:
+        """The longest sequence both halves can position: BERT's positions, GPT-2's less the memory slot."""
+        slot = 1 if self.memory_projection is not None else 0
+        return min(self.encoder.config.max_position_embeddings, self.decoder.config.n_positions - slot)
+
+    @property
+    def block_size(self) -> int:
+        """The block size recorded in the config (what the model was trained with), else the maximum."""
+        return self.config.block_size or self.max_block_size
 
     # -- encoder -----------------------------------------------------------------------------
     def encode(
