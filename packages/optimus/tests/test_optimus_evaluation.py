@@ -128,3 +128,19 @@ def test_latents_and_generation_use_the_models_own_block_size(tmp_path, model_an
     out = tmp_path / "gen.json"
     assert generate.main(["--model", str(folder), "--mode", "prior", "--num", "4", "--output", str(out)]) == 0
     assert all(len(text.split()) <= 5 for text in json.loads(out.read_text())["sentences"])
+
+
+def test_the_importance_sample_chunk_changes_memory_not_the_numbers(model_and_codec):
+    model, codec = model_and_codec
+    results = []
+    for chunk in (1, 2, 5):
+        torch.manual_seed(3)  # the same K = 5 samples, scored 1, 2 or 5 at a time
+        results.append(
+            evaluate_model(model, codec, SENTENCES, torch.device("cpu"), num_iw_samples=5, block_size=16,
+                           iw_chunk=chunk)
+        )
+    for other in results[1:]:
+        assert other["nll"] == pytest.approx(results[0]["nll"], rel=1e-6)
+        assert other["ppl"] == pytest.approx(results[0]["ppl"], rel=1e-6)
+    with pytest.raises(Exception, match="iw_chunk must be at least 1"):
+        evaluate_model(model, codec, SENTENCES, torch.device("cpu"), num_iw_samples=5, iw_chunk=0)

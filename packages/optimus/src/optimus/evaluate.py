@@ -43,6 +43,12 @@ class EvalConfig(SavedModelConfig):
         100, help="K, the importance samples per sentence for the PPL bound (0: ELBO only)."
     )
     batch_size: int = option(32, help="Sentences per batch.")
+    iw_chunk: int = option(
+        25,
+        help="Importance samples decoded at once: the peak memory is one decoder pass over batch_size x "
+        "iw_chunk sequences (its logits: batch_size*iw_chunk*block_size*vocabulary*4 bytes); the "
+        "numbers do not depend on it.",
+    )
     block_size: int = option(0, help="Longest token sequence (0: the model's own block size).")
     long_sentences: str = option(
         "drop",
@@ -75,6 +81,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             cfg.batch_size,
             block_size,
             cfg.long_sentences,
+            cfg.iw_chunk,
         )
     result["model"] = str(cfg.model)
     result["test_file"] = cfg.test_file or "embedded"

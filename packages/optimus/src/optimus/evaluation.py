@@ -117,11 +117,19 @@ def evaluate_model(
     batch_size: int = 32,
     block_size: int | None = None,
     long_sentences: str = "drop",
+    iw_chunk: int = 25,
 ) -> dict:
     """All metrics of the module docstring over ``texts`` (model in eval mode).
 
     ``block_size`` defaults to the model's own; ``long_sentences`` is ``drop`` or ``truncate``.
+    The importance samples go through the decoder ``iw_chunk`` at a time: the peak is one decoder
+    pass over ``batch_size × iw_chunk`` sequences, whose logits alone take
+    ``batch_size · iw_chunk · block_size · vocabulary · 4`` bytes (32 · 25 · 64 · 50 260 · 4 ≈
+    10 GB for GPT-2's vocabulary at the defaults; lower ``iw_chunk`` or ``batch_size`` on a small
+    machine). The result does not depend on it.
     """
+    if iw_chunk < 1:
+        raise UserError(f"iw_chunk must be at least 1, got {iw_chunk}")
     block_size = block_size or model.block_size
     pairs, truncated, dropped = encode_for_evaluation(texts, codec, block_size, long_sentences)
     if not pairs:
@@ -135,7 +143,9 @@ def evaluate_model(
     means, logvars = [], []
     for batch in iterate_batches(pairs, batch_size, codec):
         batch = batch.to(device)
-        log_w, rec = iw_log_weights(model, batch, num_iw_samples) if num_iw_samples > 0 else (None, None)
+        log_w, rec = (
+            iw_log_weights(model, batch, num_iw_samples, iw_chunk) if num_iw_samples > 0 else (None, None)
+        )
         mean, logvar = model.encode(batch.encoder_ids, batch.encoder_mask)
         if rec is None:
             rec, _ = model.reconstruction_nll(
