@@ -260,3 +260,34 @@ def test_checkpoint_files_get_the_usual_permissions(tmp_path):
     checkpoint = tmp_path / "run" / "checkpoints" / "step_000001"
     assert checkpoint.stat().st_mode & 0o777 == 0o777 & ~mask
     assert (checkpoint / "config.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.slow
+def test_two_nodes_join_by_c10d_rendezvous_train_in_step_and_only_global_rank_0_writes(tmp_path):
+    # Two torchrun agents on this machine play two nodes (one process each), as users launch a
+    # multi-node job: the same command on each node with its --node-rank and one rendezvous.
+    from dgm_core.testing import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    common = (
+        *("--run-dir", "multinode", "--steps", "6", "--log-every", "1", "--checkpoint-every", "3"),
+        *("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"),
+        *("--rdzv-endpoint", endpoint, "--rdzv-id", "dgm-test"),
+    )
+    nodes = [_live_toy(tmp_path, *common, "--node-rank", str(rank)) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err[-3000:]
+    run_dir = tmp_path / "multinode"
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    # One writer: one record per step and one checkpoint per cadence, not two.
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("step_*"))] == [
+        "step_000003",
+        "step_000006",
+    ]
+    # In step: the same two-process run under a single agent gives the same weights.
+    single = toy_subprocess(tmp_path, "--run-dir", "one-agent", "--steps", "6", "--nproc-per-node", "2")
+    assert single.returncode == 0, single.stderr[-3000:]
+    a, b = weights(run_dir), weights(tmp_path / "one-agent")
+    assert all(torch.equal(a[k], b[k]) for k in a)
