@@ -407,3 +407,29 @@ def test_text_stream_initialises_from_a_local_bert_checkpoint(tiny_world, tmp_pa
         a if a != "16" else "32" for a in tiny_args(tiny_world, tmp_path / "bad", 1, "--bert", str(bert_dir))
     ]
     assert main(bad) == 2
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_on_fresh_run_dirs_prepare_once_and_finish(tiny_world, tmp_path):
+    # Real processes under torchrun (the in-process harness opens the process group first, so it
+    # cannot show preparation racing ahead of it). Rank 0 learns the vocabulary inside
+    # run.main_process_first(); rank 1 must wait for it and reuse it. Repeated on fresh run dirs.
+    import os
+
+    from dgm_core.runtime.logging import read_metrics
+
+    tokenizers = []
+    for attempt in range(2):
+        run_dir = tmp_path / f"ddp{attempt}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(
+            [sys.executable, "-m", "prevalent.pretrain", *tiny_args(tiny_world, run_dir, 3),
+             "--nproc-per-node", "2"],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+        assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r] == [1, 2, 3]
+        tokenizers.append((run_dir / "tokenizer.json").read_bytes())
+        assert (run_dir / "encoder" / "tokenizer.json").read_bytes() == tokenizers[-1]
+    assert tokenizers[0] == tokenizers[1]
