@@ -120,20 +120,19 @@ def test_bf16_training_on_cpu_runs_and_keeps_fp32_weights(tmp_path):
     assert all(t.dtype == torch.float32 for t in weights(tmp_path / "run").values())
 
 
-def toy_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def _toy_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The toy CLI as a subprocess command line, with this folder importable and one thread."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "toy_recipe", "--no-progress", "--device", "cpu", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        cwd=tmp_path,
-    )
+    return [sys.executable, "-m", "toy_recipe", "--no-progress", "--device", "cpu", *args], env
+
+
+def toy_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    command, env = _toy_command(*args)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
 
 
 @pytest.mark.slow
@@ -164,18 +163,9 @@ def test_a_worker_crash_is_recovered_by_torchrun_from_the_last_checkpoint(tmp_pa
 
 
 def _live_toy(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-    }
+    command, env = _toy_command(*args)
     return subprocess.Popen(
-        [sys.executable, "-m", "toy_recipe", "--no-progress", "--device", "cpu", *args],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
