@@ -121,6 +121,44 @@ def test_collectives_across_two_gloo_processes():
         assert result["objects"] == [{"rank": 0}, {"rank": 1}]
 
 
+def _slow_preparation_under_a_short_timeout(rank: int, world_size: int, port: int) -> dict:
+    """Rank 0 prepares for longer than the process group's timeout while rank 1 waits."""
+    import datetime
+    import os
+    import time
+
+    import torch.distributed as dist
+
+    from dgm_core.runtime.distributed import main_process_first
+
+    dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=2))
+    order = []
+    with main_process_first():
+        if rank == 0:
+            time.sleep(5)
+        order.append(time.time())
+    short_barrier_fails = False
+    if rank == 1:  # the process group's own barrier does time out while rank 0 sleeps
+        try:
+            dist.barrier()
+        except RuntimeError:
+            short_barrier_fails = True
+    else:
+        time.sleep(5)
+    dist.destroy_process_group()
+    return {"finished_at": order[0], "short_barrier_fails": short_barrier_fails}
+
+
+def test_ranks_wait_for_preparation_longer_than_the_process_group_timeout():
+    from dgm_core.testing import free_port
+
+    rank0, rank1 = run_distributed(_slow_preparation_under_a_short_timeout, 2, free_port())
+    assert rank1["finished_at"] >= rank0["finished_at"]  # rank 1 ran its block after rank 0's
+    assert rank1["short_barrier_fails"]  # so the 2 s timeout was real, and main_process_first outlived it
+
+
 def _ddp_step(rank: int, world_size: int) -> list:
     torch.manual_seed(0)  # same initial weights on both ranks
     model = wrap_ddp(torch.nn.Linear(4, 1), torch.device("cpu"))

@@ -99,6 +99,7 @@ def _restart_safe_store(info: DistInfo, timeout: datetime.timedelta) -> dist.Sto
 
 def shutdown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
+        _preparation_groups.clear()
         dist.destroy_process_group()
 
 
@@ -135,19 +136,49 @@ def wait_for_everyone() -> None:
         dist.barrier()
 
 
+# How long the other ranks wait while rank 0 prepares (tokenizing a Wikipedia-size corpus, packing
+# ImageNet). Not the process group's timeout (30 minutes), which is sized for collectives; if rank 0
+# dies meanwhile, torchrun stops the waiting ranks, so a long wait cannot hang a job.
+PREPARATION_TIMEOUT_S = 7 * 24 * 3600.0
+_preparation_groups: dict[int, dist.ProcessGroup] = {}
+
+
+def _preparation_group() -> dist.ProcessGroup:
+    """A gloo group of all ranks whose barrier waits up to :data:`PREPARATION_TIMEOUT_S`.
+
+    Made once per process group. Creating it is itself collective: every rank calls this on
+    entering :func:`main_process_first`.
+    """
+    key = id(dist.group.WORLD)
+    if key not in _preparation_groups:
+        _preparation_groups.clear()  # groups of an earlier, destroyed process group
+        _preparation_groups[key] = dist.new_group(
+            backend="gloo", timeout=datetime.timedelta(seconds=PREPARATION_TIMEOUT_S)
+        )
+    return _preparation_groups[key]
+
+
 @contextlib.contextmanager
 def main_process_first() -> Iterator[None]:
-    """Let rank 0 run the block first (e.g. to build a cache) while the others wait, then the rest."""
+    """Let rank 0 run the block first (e.g. to build a cache) while the others wait, then the rest.
+
+    The others wait up to :data:`PREPARATION_TIMEOUT_S`, however long the process group's own
+    timeout is: preparing a large corpus can take hours.
+    """
+    if not _active():
+        yield
+        return
+    group = _preparation_group()
     main = is_main_process()
     if not main:
-        wait_for_everyone()
+        dist.barrier(group=group)
     try:
         yield
     finally:
         # Also when rank 0's block fails: the others then go on and fail on their own, instead
-        # of waiting at the barrier until the process-group timeout.
+        # of waiting at the barrier until the timeout.
         if main:
-            wait_for_everyone()
+            dist.barrier(group=group)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

@@ -281,9 +281,7 @@ class TrainingRun:
         bar = self.logger.progress(total=cfg.steps, initial=start, desc=self.name, disable=not cfg.progress)
         try:
             for step in range(start + 1, cfg.steps + 1):
-                maybe_crash(
-                    step, cfg.fault_at_step, self.dist.rank, self.dist.world_size, self.logger.logger
-                )
+                maybe_crash(step, cfg.fault_at_step, self.dist.rank, self.dist.world_size, self.logger.logger)
                 yield step
                 bar.update(1)
                 stop = self._stop_requested()
