@@ -15,7 +15,11 @@ For each size N it generates N small PNGs in 10 class folders (once: they are ke
 - *peak RSS*: of the training process (``ru_maxrss``) and of its largest loader worker
   (``ru_maxrss`` of the children, read after they have been joined). RSS counts the pages of
   the memory-mapped shards a process has touched; they are page cache, shared by every process.
-  A forked worker's RSS also counts the pages it shares with the training process.
+  A forked worker's RSS also counts the pages it shares with the training process;
+- *private* (in brackets): peak anonymous memory (``RssAnon``, sampled every 20 ms), what each
+  process costs beyond the shared page cache. A worker drawing random images faults in a
+  neighbourhood of pages around each one, so its RSS grows with the dataset's size while its
+  private memory does not.
 
 Each training row is the median of ``--repeats`` fresh processes (peak RSS: the largest), after
 one unmeasured start that warms the page cache for the interpreter and libraries.
@@ -99,6 +103,55 @@ def _peak_rss_mib() -> tuple[float, float]:
     return own, children
 
 
+def _anonymous_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class PrivateMemoryWatch:
+    """Peak private (anonymous) memory of this process and of its largest child, sampled every 20 ms.
+
+    ``ru_maxrss`` also counts the pages of the memory-mapped shards a process has touched: page
+    cache, shared by all processes and reclaimable. A worker reading random images touches pages
+    in proportion to the dataset's size (the kernel maps a whole neighbourhood per fault), so its
+    RSS grows with N while its own memory does not. Anonymous memory is what each process costs.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.own = self.children = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        me = os.getpid()
+        while not self._stop.wait(0.02):
+            self.own = max(self.own, _anonymous_kib(me) or 0)
+            try:
+                children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+            except OSError:
+                children = []
+            for child in children:
+                self.children = max(self.children, _anonymous_kib(int(child)) or 0)
+
+    def __enter__(self) -> PrivateMemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def report(self) -> dict[str, float]:
+        return {"private": self.own / 1024, "worker_private": self.children / 1024}
+
+
 def child_train(argv: list[str]) -> dict:
     """Run fqgan-train here, noting when the first step's G update returns."""
     import gc
@@ -114,34 +167,46 @@ def child_train(argv: list[str]) -> dict:
         return result
 
     train_module.GANSteps.generator_update = noting_the_first
-    status = train_module.main(argv)
-    gc.collect()  # the loader's workers are joined when its iterator goes
+    with PrivateMemoryWatch() as watch:
+        status = train_module.main(argv)
+        gc.collect()  # the loader's workers are joined when its iterator goes
     own, workers = _peak_rss_mib()
     return {
         "status": status,
         "first_step_done_at": first_step.get("done_at"),
         "rss": own,
         "worker_rss": workers,
+        **watch.report(),
     }
 
 
 def child_prepare(argv: list[str]) -> dict:
     from fqgan.prepare import main
 
-    status = main(argv)
+    with PrivateMemoryWatch() as watch:
+        status = main(argv)
     own, workers = _peak_rss_mib()
-    return {"status": status, "rss": own, "worker_rss": workers}
+    return {"status": status, "rss": own, "worker_rss": workers, **watch.report()}
 
 
-def measure_median(argv: list[str], threads: int, repeats: int) -> dict:
-    """``repeats`` fresh training processes; each figure is the median over them (RSS: the largest)."""
-    reports = [measure("train", argv, threads) for _ in range(repeats)]
+def measure_median(data: str, run_dir: Path, args: argparse.Namespace) -> dict:
+    """``--repeats`` fresh training processes; each figure is the median over them (RSS: the largest).
+
+    Each process trains in an emptied ``run_dir``: a finished run left there would be resumed and
+    take no step.
+    """
+    reports = []
+    for _ in range(args.repeats):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        reports.append(measure("train", train_args(data, run_dir, args), args.threads))
     first_steps = sorted(report["first_step"] for report in reports)
     return {
         "first_step": first_steps[len(first_steps) // 2],
         "first_steps": first_steps,
-        "rss": max(report["rss"] for report in reports),
-        "worker_rss": max(report["worker_rss"] for report in reports),
+        **{
+            key: max(report[key] for report in reports)
+            for key in ("rss", "worker_rss", "private", "worker_private")
+        },
     }
 
 
@@ -250,16 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(packed, ignore_errors=True)  # measure a real packing, not an up-to-date no-op
         prepare = [f"folder:{source}", "--resolution", str(args.image_size), "--out", str(packed)]
         prepared.append((size, measure("prepare", [*prepare, "--workers", str(args.prepare_workers)], 1)))
-        run_dir = workdir / "runs" / f"packed-{size}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        trained.append(
-            ("packed", size, measure("train", train_args(f"packed:{packed}", run_dir, args), args.threads))
-        )
+        report = measure_median(f"packed:{packed}", workdir / "runs" / f"packed-{size}", args)
+        trained.append(("packed", size, report))
     if args.folder_contrast:
         source = generated_folder(workdir, args.folder_contrast, args.image_size, cores)
-        run_dir = workdir / "runs" / f"folder-{args.folder_contrast}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        report = measure_median(train_args(f"folder:{source}", run_dir, args), args.threads, args.repeats)
+        report = measure_median(f"folder:{source}", workdir / "runs" / f"folder-{args.folder_contrast}", args)
         trained.append(("folder (in RAM)", args.folder_contrast, report))
 
     print(f"Machine: {_machine()}")
@@ -273,31 +333,42 @@ def main(argv: list[str] | None = None) -> int:
         "data",
         "images",
         "time to first step",
-        "peak RSS, training process",
-        "peak RSS, loader worker",
+        "peak RSS, training process (private)",
+        "peak RSS, loader worker (private)",
     ]
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|")
     for kind, size, report in trained:
-        worker = f"{report['worker_rss']:.0f} MiB" if kind == "packed" else "– (no workers)"
-        print(f"| {kind} | {size:,} | {report['first_step']:.2f} s | {report['rss']:.0f} MiB | {worker} |")
+        main_rss = f"{report['rss']:.0f} MiB ({report['private']:.0f})"
+        worker = (
+            f"{report['worker_rss']:.0f} MiB ({report['worker_private']:.0f})"
+            if kind == "packed"
+            else "– (no workers)"
+        )
+        print(f"| {kind} | {size:,} | {report['first_step']:.2f} s | {main_rss} | {worker} |")
     packed_rows = [report for kind, _, report in trained if kind == "packed"]
     if len(packed_rows) > 1:
         small, large = packed_rows[0], packed_rows[-1]
         ratios = {
             "time to first step": large["first_step"] / small["first_step"],
             "training process RSS": large["rss"] / small["rss"],
+            "training process private": large["private"] / small["private"],
             "loader worker RSS": large["worker_rss"] / max(small["worker_rss"], 1e-9),
+            "loader worker private": large["worker_private"] / max(small["worker_private"], 1e-9),
         }
         verdict = ", ".join(
             f"{name} ×{ratio:.2f} ({'within' if abs(ratio - 1) <= GOAL - 1 else 'OUTSIDE'} the 15 % goal)"
             for name, ratio in ratios.items()
         )
         print(f"\npacked, {sizes[-1]:,} vs {sizes[0]:,} images: {verdict}")
-    print("\n| fqgan-prepare | images | wall time | peak RSS, main | peak RSS, largest decoder |")
+    print(
+        "\n| fqgan-prepare | images | wall time | peak RSS, main (private) "
+        "| peak RSS, largest decoder (private) |"
+    )
     print("|---|---|---|---|---|")
     for size, report in prepared:
-        rss, decoder = f"{report['rss']:.0f} MiB", f"{report['worker_rss']:.0f} MiB"
+        rss = f"{report['rss']:.0f} MiB ({report['private']:.0f})"
+        decoder = f"{report['worker_rss']:.0f} MiB ({report['worker_private']:.0f})"
         print(f"| --workers {args.prepare_workers} | {size:,} | {report['wall']:.1f} s | {rss} | {decoder} |")
     return 0
 
