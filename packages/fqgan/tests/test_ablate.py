@@ -12,17 +12,34 @@ def _only(paths):
     return paths[0]
 
 
-def test_ablation_writes_mean_std_tables_and_reuses_finished_runs(tmp_path, capsys):
+def test_ablation_writes_interval_and_paired_tables_and_reuses_finished_runs(tmp_path, capsys):
+    from dgm_core.claims import mean_interval, paired_difference
+
     out = tmp_path / "ablate"
     args = ["--out-dir", str(out), "--tasks", "grid25", "--seeds", "2", "--mixture-steps", "2"]
     assert main([*args, "--variants", "none,loss_only", "--num-samples", "200"]) == 0
-    summary = json.loads((out / "results.json").read_text())["summary"]["grid25"]
-    assert set(summary) == {"none", "loss_only"}
-    for row in summary.values():
-        mean, std = row["modes_covered"]
-        assert 0 <= mean <= 25 and std >= 0
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert set(summary["variants"]["grid25"]) == {"none", "loss_only"}
+    # The summary is the per-seed evaluations, summarised: read them back and recompute.
+    per_seed = {
+        variant: [
+            json.loads(_only(out.glob(f"grid25-{variant}-seed{seed}-*/eval-ema-*.json")).read_text())
+            for seed in range(2)
+        ]
+        for variant in ("none", "loss_only")
+    }
+    for variant, evaluations in per_seed.items():
+        entry = summary["variants"]["grid25"][variant]["high_quality"]
+        values = [e["high_quality"] for e in evaluations]
+        assert entry["values"] == values
+        interval = mean_interval(values)
+        assert (entry["mean"], entry["low"], entry["high"]) == (interval.mean, interval.low, interval.high)
+    paired = summary["paired"]["grid25"]["loss_only"]["high_quality"]
+    expected = paired_difference(*([e["high_quality"] for e in per_seed[v]] for v in ("loss_only", "none")))
+    assert paired["difference"] == expected.difference.mean and paired["wins"] == expected.wins
     table = (out / "results.md").read_text()
     assert "| none |" in table and "| loss_only |" in table and "over 2 seeds" in table
+    assert "paired by seed: variant − none" in table
     checkpoint = _only(out.glob("grid25-none-seed0-*/checkpoints/step_000002/model.safetensors"))
     stamp = checkpoint.stat().st_mtime_ns
     # The raw generators of the same runs: evaluated without training again.

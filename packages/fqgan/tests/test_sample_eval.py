@@ -308,3 +308,23 @@ def test_eval_takes_the_truncation_of_fqgan_sample(tmp_path, monkeypatch):
 def test_eval_rejects_a_negative_truncation(shapes_run, capsys):
     assert eval_main(["--checkpoint", str(shapes_run), "--truncation", "-1"]) == 2
     assert "--truncation must be 0 (off) or positive" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smooth_colour_blobs_cover_almost_no_modes_while_real_shapes_cover_most(tmp_path):
+    from fqgan.data import images_in_model_range
+    from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
+
+    torch.manual_seed(0)
+    classifier, _ = load_factor_classifier(tmp_path, ClassifierRecipe(num_images=4096, steps=200))
+    real = images_in_model_range(make_shapes(2000, seed=5).images)
+    # Smooth colour fields: random 4x4 colours blown up to 32x32, the look of an untrained generator.
+    blobs = torch.nn.functional.interpolate(torch.randn(2000, 3, 4, 4), size=32, mode="bilinear").tanh()
+    _, real_factors, real_confidence = classifier.predict_with_confidence(real)
+    _, blob_factors, blob_confidence = classifier.predict_with_confidence(blobs)
+    real_coverage = mode_coverage(real_factors, real_confidence)
+    blob_coverage = mode_coverage(blob_factors, blob_confidence)
+    assert real_coverage["confident_share"] >= 0.8 and real_coverage["mode_coverage"] >= 0.9, real_coverage
+    assert blob_coverage["mode_coverage"] <= 0.05, blob_coverage
+    # Without the threshold the classifier's forced guesses would have the blobs cover many modes.
+    assert mode_coverage(blob_factors)["mode_coverage"] >= 0.2

@@ -23,7 +23,6 @@ import dataclasses
 import hashlib
 import json
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import torch
 import dgm_core
 import fqgan
 from dgm_core import cli
+from dgm_core.claims import Interval, mean_interval, paired_difference, results_table
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.runtime.files import write_json_atomic
@@ -47,7 +47,7 @@ TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "ring8": {k: v for k, v in PRESETS["ring8"].items() if k != "run_dir"},
 }
 METRICS = {
-    "shapes": ("factor_fd", "mode_coverage", "combination_kl", "label_accuracy"),
+    "shapes": ("factor_fd", "mode_coverage", "confident_share", "combination_kl", "label_accuracy"),
     "grid25": ("modes_covered", "high_quality", "mode_kl"),
     "ring8": ("modes_covered", "high_quality", "mode_kl"),
 }
@@ -60,7 +60,7 @@ class AblateConfig:
     out_dir: str = option("runs/fqgan-ablate", help="Folder for every run and the result tables.")
     tasks: str = option("shapes,grid25", help="Comma-separated tasks: shapes, grid25, ring8.")
     variants: str = option("none,loss_only,quantize", help="Comma-separated --fq-mode values to compare.")
-    seeds: int = option(3, help="Seeds per (task, variant): 0 .. N-1.")
+    seeds: int = option(5, help="Seeds per (task, variant): 0 .. N-1 (paired across variants).")
     shapes_steps: int = option(300, help="Training steps of each shapes run (equal for every variant).")
     mixture_steps: int = option(5000, help="Training steps of each grid25/ring8 run.")
     device: str = option("cpu", help="Device for every run.")
@@ -143,34 +143,89 @@ def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, 
     return result
 
 
-def summarise(
-    results: dict[str, dict[str, list[dict[str, Any]]]],
-) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """``{task: {variant: {metric: [mean, std]}}}`` (sample std over seeds; 0 for one seed)."""
-    table: dict[str, dict[str, dict[str, list[float]]]] = {}
+BASELINE = "none"
+
+
+def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Per task and variant, each metric's per-seed values, mean and 95 % Student-t interval; and per
+    task, each FQ variant's paired difference from the baseline (same seed, same data).
+
+    ``{"variants": {task: {variant: {metric: {mean, low, high, values}}}},
+    "paired": {task: {variant: {metric: {difference, low, high, p_value, wins, losses, ties}}}}}``.
+    """
+    variants_out: dict[str, Any] = {}
+    paired_out: dict[str, Any] = {}
     for task, by_variant in results.items():
         for variant, runs in by_variant.items():
             row = {}
             for metric in (*METRICS[task], "train_seconds"):
                 values = [float(r[metric]) for r in runs if metric in r]
                 if values:
-                    std = statistics.stdev(values) if len(values) > 1 else 0.0
-                    row[metric] = [statistics.fmean(values), std]
-            table.setdefault(task, {})[variant] = row
-    return table
+                    interval = mean_interval(values)
+                    row[metric] = {
+                        "mean": interval.mean,
+                        "low": interval.low,
+                        "high": interval.high,
+                        "values": values,
+                    }
+            variants_out.setdefault(task, {})[variant] = row
+        baseline = by_variant.get(BASELINE)
+        for variant, runs in by_variant.items():
+            if baseline is None or variant == BASELINE:
+                continue
+            row = {}
+            for metric in METRICS[task]:
+                if all(metric in r for r in (*runs, *baseline)):
+                    # Runs are listed by seed for every variant, so position i pairs seed i with seed i.
+                    compared = paired_difference([r[metric] for r in runs], [r[metric] for r in baseline])
+                    row[metric] = {
+                        "difference": compared.difference.mean,
+                        "low": compared.difference.low,
+                        "high": compared.difference.high,
+                        "p_value": compared.p_value,
+                        "wins": compared.wins,
+                        "losses": compared.losses,
+                        "ties": compared.ties,
+                    }
+            paired_out.setdefault(task, {})[variant] = row
+    return {"variants": variants_out, "paired": paired_out}
 
 
-def markdown_table(summary: dict[str, dict[str, dict[str, list[float]]]], seeds: int) -> str:
+def _cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "–"
+    return Interval(entry["mean"], entry["low"], entry["high"], len(entry["values"])).format()
+
+
+def _paired_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None:
+        return "–"
+    difference = Interval(entry["difference"], entry["low"], entry["high"], 0).format(signed=True)
+    p = "p < 0.001" if entry["p_value"] < 1e-3 else f"p = {entry['p_value']:.3f}"
+    return f"{difference}, {p}, {entry['wins']}/{entry['losses']}/{entry['ties']}"
+
+
+def markdown_table(summary: dict[str, Any], seeds: int) -> str:
     lines = []
-    for task, rows in summary.items():
+    for task, rows in summary["variants"].items():
         metrics = [m for m in (*METRICS[task], "train_seconds") if any(m in r for r in rows.values())]
-        lines.append(f"**{task}** (mean ± std over {seeds} seeds)\n")
-        lines.append("| FQ | " + " | ".join(metrics) + " |")
-        lines.append("|---" * (len(metrics) + 1) + "|")
-        for variant, row in rows.items():
-            cells = [f"{row[m][0]:.3f} ± {row[m][1]:.3f}" if m in row else "–" for m in metrics]
-            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append(f"**{task}** (mean [95 % interval] over {seeds} seeds)\n")
+        table_rows = [[variant, *(_cell(row.get(m)) for m in metrics)] for variant, row in rows.items()]
+        lines.append(results_table(table_rows, ["FQ", *metrics]))
         lines.append("")
+        paired = summary["paired"].get(task)
+        if paired:
+            lines.append(
+                f"*{task}, paired by seed: variant − {BASELINE}, [95 % interval], paired t-test, "
+                "wins/losses/ties*\n"
+            )
+            paired_metrics = list(METRICS[task])
+            table_rows = [
+                [variant, *(_paired_cell(row.get(m)) for m in paired_metrics)]
+                for variant, row in paired.items()
+            ]
+            lines.append(results_table(table_rows, ["FQ", *paired_metrics]))
+            lines.append("")
     return "\n".join(lines)
 
 

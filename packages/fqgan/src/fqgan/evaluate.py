@@ -165,11 +165,15 @@ def _shapes_metrics(
     # The floor: a fresh real sample of the same size, measured the same way as the generated one.
     floor = images_in_model_range(make_shapes(samples.shape[0], seed=FLOOR_SHAPES_SEED).images)
     with runtime.precision.autocast():
-        fake_features, fake_factors = classifier.predict(samples)
-        floor_features, floor_factors = classifier.predict(floor)
+        fake_features, fake_factors, fake_confidence = classifier.predict_with_confidence(samples)
+        floor_features, floor_factors, floor_confidence = classifier.predict_with_confidence(floor)
+    floor_quality = shapes_quality(floor_features, floor_factors, real_stats, confidence=floor_confidence)
     return {
-        **shapes_quality(fake_features, fake_factors, real_stats, requested),
-        "fd_real": shapes_quality(floor_features, floor_factors, real_stats)["factor_fd"],
+        **shapes_quality(fake_features, fake_factors, real_stats, requested, fake_confidence),
+        "fd_real": floor_quality["factor_fd"],
+        # The same measures on real images: what a perfect generator would score.
+        "confident_share_real": floor_quality["confident_share"],
+        "mode_coverage_real": floor_quality["mode_coverage"],
         "classifier_accuracy": classifier_config["held_out_accuracy"],
     }
 

@@ -94,17 +94,30 @@ class FactorClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features (N, 128), predicted factors (N, 4))`` for float images in [-1, 1], in batches."""
+        features, factors, _ = self.predict_with_confidence(images, batch_size)
+        return features, factors
+
+    @torch.no_grad()
+    def predict_with_confidence(
+        self, images: torch.Tensor, batch_size: int = 500
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`predict` plus each image's confidence (N,).
+
+        The confidence is the smallest of its four factors' top-class probabilities.
+        """
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        features, factors = [], []
+        features, factors, confidence = [], [], []
         for start in range(0, images.shape[0], batch_size):
             chunk = images[start : start + batch_size].to(device).float()
             f, logits = self(chunk)
             features.append(f.float().cpu())  # float32 even when run under autocast
             factors.append(torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu())
+            top = torch.stack([lg.float().softmax(1).amax(1) for lg in logits], dim=1)
+            confidence.append(top.amin(1).cpu())
         self.train(was_training)
-        return torch.cat(features), torch.cat(factors)
+        return torch.cat(features), torch.cat(factors), torch.cat(confidence)
 
 
 def train_factor_classifier(

@@ -2,7 +2,8 @@
 
 - **Procedural shapes**: the Fréchet distance of factor-classifier features
   (:mod:`fqgan.factor_classifier`) between generated and real images, and mode
-  coverage over the 96 factor combinations with the KL of their frequencies from uniform.
+  coverage over the 96 factor combinations with the KL of their frequencies from uniform,
+  counting only samples the classifier is confident about (:data:`CONFIDENCE_THRESHOLD`).
 - **2-D mixtures**: modes covered by high-quality samples (VEEGAN/PacGAN) and their KL.
 - **Images with real data**: FID, KID and IS on features of dgm-core's FID Inception.
 
@@ -78,13 +79,35 @@ def kl_from_uniform(counts: torch.Tensor) -> float:
     return float(torch.where(p > 0, p * torch.log((p * k).clamp_min(1e-300)), torch.zeros_like(p)).sum())
 
 
-def mode_coverage(factors: torch.Tensor) -> dict[str, float]:
-    """Share of the 96 factor combinations present in ``factors`` (N, 4), and KL of their frequencies."""
-    counts = torch.bincount(factor_combination_index(factors), minlength=NUM_FACTOR_COMBINATIONS)
-    return {
+# A generated image counts towards mode coverage only when the factor classifier is this sure of
+# every one of its four factors: otherwise a blob of colour, which the classifier must still map to
+# *some* shape, size and position, would "cover" modes (the VEEGAN/PacGAN idea of high-quality
+# samples, carried over from the 2-D mixtures).
+CONFIDENCE_THRESHOLD = 0.9
+
+
+def mode_coverage(
+    factors: torch.Tensor, confidence: torch.Tensor | None = None, threshold: float = CONFIDENCE_THRESHOLD
+) -> dict[str, float]:
+    """Share of the 96 factor combinations present in ``factors`` (N, 4), and KL of their frequencies.
+
+    With ``confidence`` (N,; :meth:`FactorClassifier.predict_with_confidence`) only the samples at or
+    above ``threshold`` count, and ``confident_share`` says how many did. With none confident the KL
+    is that of a collapse onto one mode (log 96), its largest value.
+    """
+    confident = (
+        torch.ones(factors.shape[0], dtype=torch.bool)
+        if confidence is None
+        else confidence.cpu() >= threshold
+    )
+    counts = torch.bincount(factor_combination_index(factors[confident]), minlength=NUM_FACTOR_COMBINATIONS)
+    result = {
         "mode_coverage": float((counts > 0).double().mean()),
-        "combination_kl": kl_from_uniform(counts),
+        "combination_kl": kl_from_uniform(counts) if int(counts.sum()) else math.log(NUM_FACTOR_COMBINATIONS),
     }
+    if confidence is not None:
+        result["confident_share"] = float(confident.double().mean())
+    return result
 
 
 def mixture_quality(
@@ -113,17 +136,23 @@ def shapes_quality(
     factors: torch.Tensor,
     real_statistics: FeatureStatistics,
     requested_shapes: torch.Tensor | None = None,
+    confidence: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Factor-classifier Fréchet distance, mode coverage and KL of generated shapes.
 
-    ``features`` (N, 128) and ``factors`` (N, 4) are :meth:`FactorClassifier.predict`'s outputs for
-    the generated images; ``requested_shapes`` (N,), the classes a conditional G was asked for.
+    ``features`` (N, 128), ``factors`` (N, 4) and ``confidence`` (N,) are
+    :meth:`FactorClassifier.predict_with_confidence`'s outputs for the generated images (coverage
+    counts confident samples only, see :func:`mode_coverage`); ``requested_shapes`` (N,), the
+    classes a conditional G was asked for.
     """
     stats = FeatureStatistics(features.shape[1])
     stats.update(features)
     mu_r, sigma_r = real_statistics.to_numpy()
     mu_f, sigma_f = stats.to_numpy()
-    result = {"factor_fd": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), **mode_coverage(factors)}
+    result = {
+        "factor_fd": frechet_distance(mu_f, sigma_f, mu_r, sigma_r),
+        **mode_coverage(factors, confidence),
+    }
     if requested_shapes is not None:
         result["label_accuracy"] = float((factors[:, 0] == requested_shapes.cpu()).double().mean())
     return result
