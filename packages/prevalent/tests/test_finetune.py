@@ -287,20 +287,36 @@ def test_claim_rejects_unknown_tasks(tmp_path, capsys):
     assert "valid tasks" in capsys.readouterr().err
 
 
-def test_claim_table_reports_mean_and_std_over_seeds(tmp_path):
+def test_claim_table_reports_intervals_and_paired_differences_over_seeds(tmp_path):
+    from scipy import stats
+
     from prevalent.claim import main as claim_main
 
-    for init, values in (("pretrained", (0.4, 0.2)), ("scratch", (0.1, 0.1))):
+    pretrained_sr, scratch_sr = (0.4, 0.2, 0.3), (0.1, 0.1, 0.1)
+    for init, values in (("pretrained", pretrained_sr), ("scratch", scratch_sr)):
         for seed, value in enumerate(values):
             run = tmp_path / f"hanna-{init}-seed{seed}"
             run.mkdir()
             metrics = {"SR": value, "SPL": value / 2, "help_requests": 1.0}
             random = {"SR": 0.05 * (seed + 1), "SPL": 0.0}
             (run / "eval.json").write_text(json.dumps({"metrics": metrics, "random_agent": random}))
-    assert claim_main(["--tasks", "hanna", "--run-dir", str(tmp_path), "--table-only"]) == 0
+    args = ["--tasks", "hanna", "--seeds", "0,1,2", "--run-dir", str(tmp_path), "--table-only"]
+    assert claim_main(args) == 0
     table = (tmp_path / "claim.md").read_text()
-    assert "| hanna | SR | 0.075 ± 0.025 | 0.100 ± 0.000 | 0.300 ± 0.100 |" in table
-    assert "| hanna | help_requests | — | 1.000 ± 0.000 | 1.000 ± 0.000 |" in table
+    # Student-t intervals over 3 seeds, computed independently here.
+    low, high = stats.t.interval(0.95, 2, loc=0.3, scale=0.1 / 3**0.5)
+    r_low, r_high = stats.t.interval(0.95, 2, loc=0.1, scale=0.05 / 3**0.5)  # random: 0.05, 0.10, 0.15
+    differences = [a - b for a, b in zip(pretrained_sr, scratch_sr)]
+    d_low, d_high = stats.t.interval(0.95, 2, loc=0.2, scale=0.1 / 3**0.5)
+    p_value = stats.ttest_rel(pretrained_sr, scratch_sr).pvalue
+    assert sum(differences) / 3 == pytest.approx(0.2)
+    row = (
+        f"| hanna | SR | 0.100 [{r_low:.3f}, {r_high:.3f}] | 0.100 [0.100, 0.100] | "
+        f"0.300 [{low:.3f}, {high:.3f}] | "
+        f"+0.200 [{d_low:+.3f}, {d_high:+.3f}], p = {p_value:.3f}, 3/0/0 (wins/losses/ties) |"
+    )
+    assert row in table, table
+    assert "| hanna | help_requests | — | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] |" in table
 
 
 # ------------------------------------------------------------------------------ CVDN dialog histories

@@ -20,7 +20,15 @@ from prevalent.model.heads import IGNORE_INDEX, PrevalentPretrainingModel
 from prevalent.model.masking import MaskingRule
 from prevalent.model.pretrained import load_bundle
 from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
-from prevalent.pretrain import PretrainConfig, TripletBatcher, accumulate_gradients, main, teacher_triplets
+from prevalent.pretrain import (
+    PretrainConfig,
+    TripletBatcher,
+    accumulate_gradients,
+    evaluate,
+    main,
+    sample_triplets,
+    teacher_triplets,
+)
 from prevalent.rollout import open_world
 from prevalent.tasks import TaskOptions, get_task, training_texts
 
@@ -126,6 +134,50 @@ def test_batched_action_targets_are_the_teacher_actions(tiny_world):
             assert candidates[action].viewpoint == episode.path[step + 1]
             assert batch.vision_mask[row, 36 + action - 1]  # the target candidate token is real
         assert int(batch.vision_mask[row, 36:].sum()) == len(candidates) - 1
+
+
+def test_held_out_triplets_are_a_fixed_random_sample_of_every_step_stop_included(tiny_world):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(world.data_dir, "val_unseen", TaskOptions())
+    triplets = teacher_triplets(episodes, world)
+    count = len(triplets) // 3
+    sample = sample_triplets(triplets, count, seed=0)
+    assert len(sample) == count and sample == sample_triplets(triplets, count, seed=0)
+    assert sample != triplets[:count]  # not the first steps of the first paths
+    positions = [triplets.index(t) for t in sample]
+    assert positions == sorted(positions)
+    ends = {(t.episode, t.viewpoint) for t in triplets if t.viewpoint == episodes[t.episode].path[-1]}
+    stops = sum((t.episode, t.viewpoint) in ends for t in sample)
+    # STOP triplets appear in about their true share (one per path) rather than not at all.
+    assert 0.5 * len(ends) / len(triplets) <= stops / count <= 1.5 * len(ends) / len(triplets)
+    assert sample_triplets(triplets, len(triplets) + 5, seed=0) == triplets
+
+
+def test_held_out_action_accuracy_splits_into_stop_and_move(tiny_world):
+    world = open_world(str(tiny_world), "")
+    episodes = get_task("r2r").load(world.data_dir, "val_unseen", TaskOptions())
+    triplets = sample_triplets(teacher_triplets(episodes, world), 40, seed=1)
+    tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=200)
+    rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
+    batcher = TripletBatcher(episodes, triplets, world, tokenizer, 48, 8, rule)
+    config = EncoderConfig(
+        vocab_size=tokenizer.vocab_size,
+        pad_token_id=tokenizer.pad_id,
+        image_feature_size=world.feature_size,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        angle_feature_size=8,
+    )
+    torch.manual_seed(0)
+    metrics = evaluate(PrevalentPretrainingModel(config), batcher, 16, torch.device("cpu"), seed=0)
+    labels = batcher.batch(list(range(len(triplets))), torch.Generator().manual_seed(0)).action_labels
+    share = float((labels == STOP_ACTION).double().mean())
+    assert metrics["eval_stop_share"] == pytest.approx(share) and 0 < share < 1
+    combined = share * metrics["eval_stop_accuracy"] + (1 - share) * metrics["eval_move_accuracy"]
+    assert combined == pytest.approx(metrics["eval_action_accuracy"])
 
 
 def test_pretrain_cli_logs_heldout_accuracies_and_writes_a_bundle(tiny_world, tmp_path):
@@ -423,9 +475,18 @@ def test_two_torchrun_processes_on_fresh_run_dirs_prepare_once_and_finish(tiny_w
         run_dir = tmp_path / f"ddp{attempt}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         result = subprocess.run(
-            [sys.executable, "-m", "prevalent.pretrain", *tiny_args(tiny_world, run_dir, 3),
-             "--nproc-per-node", "2"],
-            capture_output=True, text=True, timeout=300, env=env,
+            [
+                sys.executable,
+                "-m",
+                "prevalent.pretrain",
+                *tiny_args(tiny_world, run_dir, 3),
+                "--nproc-per-node",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2

@@ -4,7 +4,8 @@ PREVALENT's claim is that pre-training the encoder on image-text-action triplets
 most on the out-of-domain tasks. In miniature: on the synthetic worlds' unseen houses, with an
 equal fine-tuning budget and several seeds, fine-tune once from the pretrained encoder and once
 from scratch (same sizes, same tokenizer) for each of r2r, cvdn and hanna, and report SR/SPL
-(r2r, hanna) and goal progress (cvdn) as mean ± std, beside the random agent. The table is
+(r2r, hanna) and goal progress (cvdn) as the mean and 95 % interval over seeds with the paired
+difference (same seed, same episodes), beside the random agent. The table is
 written to ``<run_dir>/claim.md`` (and ``claim.json``) whatever it shows.
 """
 
@@ -16,9 +17,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from dgm_core import cli
+from dgm_core.claims import mean_interval, paired_difference, results_table
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from prevalent.finetune import DEFAULT_PRETRAINED, FinetuneConfig, finetune
@@ -35,15 +35,17 @@ class ClaimConfig:
         DEFAULT_PRETRAINED, help="Pretrained bundle (made with prevalent-pretrain if missing)."
     )
     tasks: str = option("r2r,cvdn,hanna", help="Comma-separated tasks.")
-    seeds: str = option("0,1", help="Comma-separated fine-tuning seeds (at least 2 for a std).")
+    seeds: str = option(
+        "0,1,2,3,4", help="Comma-separated fine-tuning seeds (at least 2 for an interval; 5 by default)."
+    )
     steps: int = option(150, help="Fine-tuning steps of every run (the equal budget).")
     batch_size: int = option(16, help="Episodes per fine-tuning step.")
     device: str = option("auto", help="Device for every run.")
     table_only: bool = option(False, help="Only rebuild the table from the runs already in --run-dir.")
 
 
-def _mean_std(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+def _interval(values: list[float]) -> str:
+    return mean_interval(values).format()
 
 
 def claim(cfg: ClaimConfig) -> int:
@@ -103,22 +105,30 @@ def claim_table(root: Path, tasks: list[str], seeds: list[int], cfg: ClaimConfig
                 results.setdefault(task, {}).setdefault(init, []).append(record["metrics"])
                 if init == "pretrained":  # the random agent depends on the seed only
                     results[task].setdefault("random", []).append(record["random_agent"])
-    lines = [
-        f"Unseen houses (val_unseen), {cfg.steps} fine-tuning steps x {cfg.batch_size} episodes for every "
-        f"run, seeds {','.join(map(str, seeds))}; mean ± std over seeds.",
-        "",
-        "| task | metric | random agent | from scratch | from pretrained |",
-        "|---|---|---|---|---|",
-    ]
+    rows = []
     for task in tasks:
         for metric in METRICS[task]:
             random_values = [r[metric] for r in results[task]["random"] if metric in r]
-            lines.append(
-                f"| {task} | {metric} | {_mean_std(random_values) if random_values else '—'} | "
-                f"{_mean_std([m[metric] for m in results[task]['scratch']])} | "
-                f"{_mean_std([m[metric] for m in results[task]['pretrained']])} |"
+            scratch = [m[metric] for m in results[task]["scratch"]]
+            pretrained = [m[metric] for m in results[task]["pretrained"]]
+            rows.append(
+                [
+                    task,
+                    metric,
+                    _interval(random_values) if random_values else "—",
+                    _interval(scratch),
+                    _interval(pretrained),
+                    # Same seed, same episodes: the difference pair by pair.
+                    paired_difference(pretrained, scratch).format(),
+                ]
             )
-    return "\n".join(lines) + "\n", results
+    header = (
+        f"Unseen houses (val_unseen), {cfg.steps} fine-tuning steps x {cfg.batch_size} episodes for every "
+        f"run, seeds {','.join(map(str, seeds))}; mean [95 % interval] over seeds, and the paired "
+        "difference pretrained − scratch with its paired t-test and wins/losses/ties over seeds."
+    )
+    columns = ["task", "metric", "random agent", "from scratch", "from pretrained", "pretrained − scratch"]
+    return header + "\n\n" + results_table(rows, columns) + "\n", results
 
 
 def main(argv: list[str] | None = None) -> int:

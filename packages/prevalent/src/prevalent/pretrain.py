@@ -14,6 +14,7 @@ by default, which is where ``prevalent-finetune`` looks for it.
 
 from __future__ import annotations
 
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from dgm_core.errors import UserError
 from dgm_core.runtime.schedules import warmup_linear_decay
 from dgm_core.training import TrainingConfig, TrainingRun
 from prevalent.data.synthetic import SyntheticConfig
-from prevalent.env import BatchNavEnv
+from prevalent.env import STOP_ACTION, BatchNavEnv
 from prevalent.model.encoder import EncoderConfig, size_options
 from prevalent.model.heads import IGNORE_INDEX, PrevalentPretrainingModel
 from prevalent.model.masking import MaskingRule, mask_tokens
@@ -202,6 +203,18 @@ def accumulate_gradients(
     return totals
 
 
+def sample_triplets(triplets: list[Triplet], count: int, seed: int) -> list[Triplet]:
+    """``count`` of ``triplets`` drawn at random (fixed by ``seed``), in their original order.
+
+    A sample of every step of every path, so the held-out accuracy covers the middle and the end
+    (STOP) of paths in their true proportions, not only the first steps of the first paths.
+    """
+    if count >= len(triplets):
+        return list(triplets)
+    chosen = sorted(random.Random(seed).sample(range(len(triplets)), count))
+    return [triplets[i] for i in chosen]
+
+
 @torch.no_grad()
 def evaluate(
     model: PrevalentPretrainingModel,
@@ -210,11 +223,16 @@ def evaluate(
     device: torch.device,
     seed: int,
 ) -> dict[str, float]:
-    """MLM accuracy (over masked tokens) and action accuracy on every triplet of ``batcher``."""
+    """MLM accuracy (masked tokens) and action accuracy, also split by STOP, on every triplet of ``batcher``.
+
+    ``eval_stop_accuracy`` is the action accuracy on triplets whose teacher action is STOP (the
+    agent must recognise the goal), ``eval_move_accuracy`` on the others; ``eval_stop_share`` says
+    how many STOP triplets there were.
+    """
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)  # the same masks at every evaluation
-    mlm_hits = mlm_total = act_hits = act_total = 0
+    mlm_hits = mlm_total = act_hits = act_total = stop_hits = stop_total = 0
     loss_sum = 0.0
     for start in range(0, len(batcher), batch_size):
         batch = batcher.batch(list(range(start, min(start + batch_size, len(batcher)))), generator).to(device)
@@ -222,13 +240,22 @@ def evaluate(
         targets = batch.mlm_labels[batch.mlm_labels != IGNORE_INDEX]
         mlm_hits += int((out.mlm_logits.argmax(-1) == targets).sum())
         mlm_total += len(targets)
-        act_hits += int((out.action_logits.argmax(-1) == batch.action_labels).sum())
+        correct = out.action_logits.argmax(-1) == batch.action_labels
+        is_stop = batch.action_labels == STOP_ACTION
+        act_hits += int(correct.sum())
         act_total += len(batch.action_labels)
+        stop_hits += int((correct & is_stop).sum())
+        stop_total += int(is_stop.sum())
         loss_sum += float(out.loss) * len(batch.action_labels)
     model.train(was_training)
     return {
         "eval_mlm_accuracy": mlm_hits / max(mlm_total, 1),
         "eval_action_accuracy": act_hits / max(act_total, 1),
+        "eval_stop_accuracy": stop_hits / stop_total if stop_total else float("nan"),
+        "eval_move_accuracy": (
+            (act_hits - stop_hits) / (act_total - stop_total) if act_total > stop_total else float("nan")
+        ),
+        "eval_stop_share": stop_total / max(act_total, 1),
         "eval_loss": loss_sum / max(act_total, 1),
     }
 
@@ -273,7 +300,9 @@ class PretrainConfig(TrainingConfig):
     max_grad_norm: float = option(1.0, help="Gradient clipping (0: off).")
     mask_probability: float = option(0.15, help="Share of non-special tokens chosen for MLM.")
     eval_every: int = option(200, help="Evaluate on held-out houses every N steps (and at the end).")
-    eval_triplets: int = option(512, help="Held-out triplets to evaluate on (the first N, fixed).")
+    eval_triplets: int = option(
+        512, help="Held-out triplets to evaluate on: a fixed random sample of all steps, STOP included."
+    )
 
 
 def _open_worlds(cfg: PretrainConfig) -> tuple[World, World]:
@@ -335,7 +364,7 @@ def pretrain(cfg: PretrainConfig) -> int:
             tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids, cfg.mask_probability
         )
         train_triplets = teacher_triplets(train_episodes, world)
-        held_out = teacher_triplets(eval_episodes, world)[: cfg.eval_triplets]
+        held_out = sample_triplets(teacher_triplets(eval_episodes, world), cfg.eval_triplets, cfg.seed)
         # A triplet reads the panorama where it stands: refuse a store lacking one now, not mid-run.
         world.features.require(
             {(train_episodes[t.episode].scan, t.viewpoint) for t in train_triplets}
