@@ -64,7 +64,10 @@ def test_eval_on_shapes_writes_factor_metrics(shapes_run, tmp_path):
     result = json.loads((shapes_run / "eval.json").read_text())
     assert result["step"] == 2 and result["num_samples"] == 160
     assert result["factor_fd"] >= 0 and result["fd_real"] >= 0
-    assert 0 < result["mode_coverage"] <= 1 and 0 <= result["label_accuracy"] <= 1
+    # Coverage counts high-quality samples only: those both confident and plausible.
+    assert result["high_quality_share"] <= min(result["confident_share"], result["plausible_share"])
+    assert result["mode_coverage"] <= result["high_quality_share"] * 160 / NUM_FACTOR_COMBINATIONS + 1e-12
+    assert "high_quality_share_real" in result and "mode_coverage_real" in result
     assert 0 <= result["combination_kl"] <= math.log(NUM_FACTOR_COMBINATIONS) + 1e-9
     # The classifier as a dgm-core model folder (its recipe and accuracy in config.json), and the
     # real statistics as a pytorch-fid .npz.
@@ -314,17 +317,30 @@ def test_eval_rejects_a_negative_truncation(shapes_run, capsys):
 def test_smooth_colour_blobs_cover_almost_no_modes_while_real_shapes_cover_most(tmp_path):
     from fqgan.data import images_in_model_range
     from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
+    from fqgan.metrics import PLAUSIBLE_QUANTILE, FeatureStatistics, mahalanobis_squared
 
     torch.manual_seed(0)
     classifier, _ = load_factor_classifier(tmp_path, ClassifierRecipe(num_images=4096, steps=200))
+    reference_features, _, _ = classifier.predict_with_confidence(
+        images_in_model_range(make_shapes(2000, seed=7).images)
+    )
+    reference = FeatureStatistics(reference_features.shape[1])
+    reference.update(reference_features)
+    limit = torch.quantile(mahalanobis_squared(reference_features, reference), PLAUSIBLE_QUANTILE)
     real = images_in_model_range(make_shapes(2000, seed=5).images)
     # Smooth colour fields: random 4x4 colours blown up to 32x32, the look of an untrained generator.
     blobs = torch.nn.functional.interpolate(torch.randn(2000, 3, 4, 4), size=32, mode="bilinear").tanh()
-    _, real_factors, real_confidence = classifier.predict_with_confidence(real)
-    _, blob_factors, blob_confidence = classifier.predict_with_confidence(blobs)
-    real_coverage = mode_coverage(real_factors, real_confidence)
-    blob_coverage = mode_coverage(blob_factors, blob_confidence)
-    assert real_coverage["confident_share"] >= 0.8 and real_coverage["mode_coverage"] >= 0.9, real_coverage
-    assert blob_coverage["mode_coverage"] <= 0.05, blob_coverage
-    # Without the threshold the classifier's forced guesses would have the blobs cover many modes.
-    assert mode_coverage(blob_factors)["mode_coverage"] >= 0.2
+    coverage = {}
+    for name, images in (("real", real), ("blobs", blobs)):
+        features, factors, confidence = classifier.predict_with_confidence(images)
+        plausible = mahalanobis_squared(features, reference) <= limit
+        coverage[name] = mode_coverage(factors, confidence, plausible)
+        coverage[name + " unthresholded"] = mode_coverage(factors)
+    assert coverage["real"]["high_quality_share"] >= 0.8 and coverage["real"]["mode_coverage"] >= 0.9, (
+        coverage
+    )
+    assert coverage["blobs"]["mode_coverage"] <= 0.02 and coverage["blobs"]["high_quality_share"] <= 0.01, (
+        coverage
+    )
+    # Without the tests the classifier's forced guesses would have the blobs cover many modes.
+    assert coverage["blobs unthresholded"]["mode_coverage"] >= 0.2

@@ -56,9 +56,11 @@ from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
 from fqgan.generation import generate, generate_batches, truncated_noise
 from fqgan.metrics import (
     FLOOR_SHAPES_SEED,
+    PLAUSIBLE_QUANTILE,
     REFERENCE_SHAPES_SEED,
     default_sample_count,
     image_quality,
+    mahalanobis_squared,
     mixture_quality,
     real_shape_statistics,
     shapes_quality,
@@ -167,12 +169,18 @@ def _shapes_metrics(
     with runtime.precision.autocast():
         fake_features, fake_factors, fake_confidence = classifier.predict_with_confidence(samples)
         floor_features, floor_factors, floor_confidence = classifier.predict_with_confidence(floor)
-    floor_quality = shapes_quality(floor_features, floor_factors, real_stats, confidence=floor_confidence)
+    # Plausible: no farther from the real statistics than all but 1 % of a fresh real sample.
+    limit = torch.quantile(mahalanobis_squared(floor_features, real_stats), PLAUSIBLE_QUANTILE)
+    fake_plausible = mahalanobis_squared(fake_features, real_stats) <= limit
+    floor_plausible = mahalanobis_squared(floor_features, real_stats) <= limit
+    floor_quality = shapes_quality(
+        floor_features, floor_factors, real_stats, confidence=floor_confidence, plausible=floor_plausible
+    )
     return {
-        **shapes_quality(fake_features, fake_factors, real_stats, requested, fake_confidence),
+        **shapes_quality(fake_features, fake_factors, real_stats, requested, fake_confidence, fake_plausible),
         "fd_real": floor_quality["factor_fd"],
         # The same measures on real images: what a perfect generator would score.
-        "confident_share_real": floor_quality["confident_share"],
+        "high_quality_share_real": floor_quality["high_quality_share"],
         "mode_coverage_real": floor_quality["mode_coverage"],
         "classifier_accuracy": classifier_config["held_out_accuracy"],
     }
