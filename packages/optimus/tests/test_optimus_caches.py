@@ -83,6 +83,10 @@ class _FixedCodec:
     def encode(text: str, block_size: int) -> EncodedSentence:
         return EncodedSentence([2, 5, 6, 7, 3], [1, 9, 9, 9, 9, 9, 2], False)
 
+    @classmethod
+    def encode_many(cls, texts, block_size: int) -> list[EncodedSentence]:
+        return [cls.encode(text, block_size) for text in texts]
+
 
 def test_building_a_token_cache_holds_no_per_sentence_python_lists(tmp_path):
     sentences = 100_000

@@ -69,6 +69,22 @@ def test_codec_truncates_to_the_block_size_and_says_so():
     assert codec.eos_id not in encoded.decoder_ids  # a cut sentence did not end
 
 
+def test_batched_encoding_gives_the_ids_of_one_encode_per_sentence():
+    codec = grammar_codec()
+    texts = [s.text for s in generate_corpus(30, seed=3)]
+    texts += ["  the chef cooked .  ", "the chef " * 30, "café naïve — ünïcode", "x"]
+    for block_size in (6, 16, 64):
+        assert codec.encode_many(texts, block_size) == [codec.encode(t, block_size) for t in texts]
+    assert codec.encode_many([], 16) == []
+    # A backend with truncation of its own is not called directly (its ids would be cut).
+    backend = codec.encoder_tokenizer.backend_tokenizer
+    backend.enable_truncation(3)
+    try:
+        assert codec.encode_many(texts, 64) == [codec.encode(t, 64) for t in texts]
+    finally:
+        backend.no_truncation()  # the codec is shared by other tests
+
+
 def test_codec_round_trips_through_save_pretrained(tmp_path):
     codec = grammar_codec()
     codec.save_pretrained(tmp_path)
@@ -154,11 +170,24 @@ def test_token_cache_is_memory_mapped_and_round_trips(tmp_path):
 
 
 def test_token_cache_rejects_ids_outside_the_model_vocabulary(tmp_path):
+    import json
+
     codec = grammar_codec()
-    corpus = build_token_cache(["the chef cooked the soup ."], codec, 16, tmp_path)
+    texts = [s.text for s in generate_corpus(30, seed=4)]
+    corpus = build_token_cache(texts, codec, 16, tmp_path)
+    # The largest ids are recorded at build time (opening a large cache reads no token page).
+    assert corpus.meta["max_encoder_id"] == int(np.asarray(corpus._enc).max())
+    assert corpus.meta["max_decoder_id"] == int(np.asarray(corpus._dec).max())
     corpus.check_vocab(codec.encoder_vocab_size, codec.decoder_vocab_size)
     with pytest.raises(UserError, match="does not match the model"):
         corpus.check_vocab(codec.encoder_vocab_size, 10)
+    # A cache built before the ids were recorded is scanned instead.
+    meta = {k: v for k, v in corpus.meta.items() if not k.startswith("max_")}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    older = TokenizedCorpus(tmp_path)
+    older.check_vocab(codec.encoder_vocab_size, codec.decoder_vocab_size)
+    with pytest.raises(UserError, match=f"token id {corpus.meta['max_decoder_id']} in the decoder"):
+        older.check_vocab(codec.encoder_vocab_size, 10)
 
 
 def test_collate_right_pads_with_masks():

@@ -37,6 +37,7 @@ block size: anything else rebuilds it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -355,6 +356,7 @@ def data_fingerprint(path: str | Path) -> list[dict]:
 
 CACHE_LAYOUT = 2  # bumped when the files of a token cache change; older caches are rebuilt
 _CHUNK = 1 << 16  # sentences whose lengths are buffered before they go to disk
+_ENCODE_BATCH = 4096  # sentences tokenized together (on all cores); a few MB of text at a time
 
 
 def codec_fingerprint(codec: SentenceCodec) -> str:
@@ -380,12 +382,15 @@ class _LengthWriter:
         self.filled = 0
         self.count = 0
 
-    def append(self, length: int) -> None:
-        self.buffer[self.filled] = length
-        self.filled += 1
-        self.count += 1
-        if self.filled == _CHUNK:
-            self.flush()
+    def extend(self, lengths: np.ndarray) -> None:
+        while len(lengths):
+            take = min(len(lengths), _CHUNK - self.filled)
+            self.buffer[self.filled : self.filled + take] = lengths[:take]
+            self.filled += take
+            self.count += take
+            lengths = lengths[take:]
+            if self.filled == _CHUNK:
+                self.flush()
 
     def flush(self) -> None:
         self.file.write(self.buffer[: self.filled].tobytes())
@@ -422,7 +427,8 @@ def build_token_cache(
 ) -> TokenizedCorpus:
     """Tokenize ``texts`` once into memory-mappable arrays under ``out_dir``; return the opened corpus.
 
-    Streams: besides file buffers at most one sentence's tokens and one chunk of lengths are held.
+    Streams: besides file buffers at most one batch of sentences (:data:`_ENCODE_BATCH`) and their
+    tokens, and one chunk of lengths, are held.
     ``corpus_key`` names the corpus (see :func:`optimus.corpora.corpus_fingerprint`); a later
     :func:`open_or_build_token_cache` reuses the cache only for the same key.
     """
@@ -436,17 +442,24 @@ def build_token_cache(
     enc_lengths = _LengthWriter(out_dir / "encoder_lengths.tmp")
     dec_lengths = _LengthWriter(out_dir / "decoder_lengths.tmp")
     truncated = 0
+    largest = {"encoder_ids": -1, "decoder_ids": -1}  # the largest token id of each half
     with (
         open(out_dir / "encoder_tokens.bin", "wb") as enc_file,
         open(out_dir / "decoder_tokens.bin", "wb") as dec_file,
     ):
-        for text in texts:
-            encoded = codec.encode(text, block_size)
-            truncated += encoded.truncated
-            enc_file.write(np.asarray(encoded.encoder_ids, dtype=np.int32).tobytes())
-            dec_file.write(np.asarray(encoded.decoder_ids, dtype=np.int32).tobytes())
-            enc_lengths.append(len(encoded.encoder_ids))
-            dec_lengths.append(len(encoded.decoder_ids))
+        stream = iter(texts)
+        while batch := list(itertools.islice(stream, _ENCODE_BATCH)):
+            encoded = codec.encode_many(batch, block_size)
+            truncated += sum(sentence.truncated for sentence in encoded)
+            for half, file, lengths in (
+                ("encoder_ids", enc_file, enc_lengths),
+                ("decoder_ids", dec_file, dec_lengths),
+            ):
+                ids = [getattr(sentence, half) for sentence in encoded]
+                flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32)
+                largest[half] = max(largest[half], int(flat.max(initial=-1)))
+                file.write(flat.tobytes())
+                lengths.extend(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
     enc_lengths.close()
     dec_lengths.close()
     if enc_lengths.count == 0:
@@ -462,6 +475,9 @@ def build_token_cache(
         "block_size": block_size,
         "tokenizers": codec_fingerprint(codec),
         "corpus": corpus_key,
+        # Checking the ids against a model's vocabulary then reads two numbers, not the whole cache.
+        "max_encoder_id": largest["encoder_ids"],
+        "max_decoder_id": largest["decoder_ids"],
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     if truncated:
@@ -518,9 +534,13 @@ class TokenizedCorpus:
             ("encoder", self._enc, encoder_vocab_size),
             ("decoder", self._dec, decoder_vocab_size),
         ):
-            if len(tokens) and int(tokens.max()) >= size:
+            # Recorded at build time; a cache built before that is scanned (every page of it).
+            largest = self.meta.get(f"max_{name}_id")
+            if largest is None:
+                largest = int(tokens.max()) if len(tokens) else -1
+            if largest >= size:
                 raise UserError(
-                    f"token id {int(tokens.max())} in the {name} cache is outside the model's vocabulary "
+                    f"token id {largest} in the {name} cache is outside the model's vocabulary "
                     f"({size}); the tokenizer does not match the model"
                 )
 

@@ -10,7 +10,7 @@ WordPiece for BERT).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +141,18 @@ def prepare_decoder_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedT
     return tokenizer
 
 
+def _batch_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text without special tokens: ``tokenizer(texts)["input_ids"]``, faster.
+
+    A fast tokenizer's Rust backend is called directly when it has no truncation or padding of
+    its own (then the ids are the same): the Python ``BatchEncoding`` around it doubles the cost.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if backend is not None and backend.truncation is None and backend.padding is None:
+        return [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 @dataclass
 class EncodedSentence:
     """Token ids of one sentence for both halves; ``truncated`` when either hit its block size."""
@@ -198,16 +210,44 @@ class SentenceCodec:
         """
         enc_body = self.encoder_tokenizer.encode(text, add_special_tokens=False)
         dec_body = self.decoder_tokenizer.encode(" " + text.strip(), add_special_tokens=False)
-        truncated = len(enc_body) + 2 > block_size or len(dec_body) + 2 > block_size
-        enc = [
-            self.encoder_tokenizer.cls_token_id,
-            *enc_body[: block_size - 2],
-            self.encoder_tokenizer.sep_token_id,
+        return self._framed(enc_body, dec_body, block_size, *self._special_ids())
+
+    def encode_many(self, texts: Sequence[str], block_size: int) -> list[EncodedSentence]:
+        """:meth:`encode` of each text, tokenized as one batch.
+
+        Same ids as one :meth:`encode` per text; a fast tokenizer encodes a batch on all cores,
+        which is what makes tokenizing a gigabyte corpus take minutes rather than an hour.
+        """
+        if not texts:
+            return []
+        enc_bodies = _batch_ids(self.encoder_tokenizer, list(texts))
+        dec_bodies = _batch_ids(self.decoder_tokenizer, [" " + text.strip() for text in texts])
+        # The special ids once per batch: each lookup goes through the tokenizer's __getattr__.
+        specials = self._special_ids()
+        return [
+            self._framed(enc_body, dec_body, block_size, *specials)
+            for enc_body, dec_body in zip(enc_bodies, dec_bodies, strict=True)
         ]
+
+    def _special_ids(self) -> tuple[int, int, int, int]:
+        """``[CLS]``, ``[SEP]``, ``<BOS>``, ``<EOS>``."""
+        return (
+            self.encoder_tokenizer.cls_token_id,
+            self.encoder_tokenizer.sep_token_id,
+            self.bos_id,
+            self.eos_id,
+        )
+
+    @staticmethod
+    def _framed(
+        enc_body: list[int], dec_body: list[int], block_size: int, cls: int, sep: int, bos: int, eos: int
+    ) -> EncodedSentence:
+        truncated = len(enc_body) + 2 > block_size or len(dec_body) + 2 > block_size
+        enc = [cls, *enc_body[: block_size - 2], sep]
         if len(dec_body) + 2 > block_size:
-            dec = [self.bos_id, *dec_body[: block_size - 1]]
+            dec = [bos, *dec_body[: block_size - 1]]
         else:
-            dec = [self.bos_id, *dec_body, self.eos_id]
+            dec = [bos, *dec_body, eos]
         return EncodedSentence(enc, dec, truncated)
 
     def decode(self, decoder_ids: Iterable[int]) -> str:
