@@ -136,11 +136,34 @@ def test_the_importance_sample_chunk_changes_memory_not_the_numbers(model_and_co
     for chunk in (1, 2, 5):
         torch.manual_seed(3)  # the same K = 5 samples, scored 1, 2 or 5 at a time
         results.append(
-            evaluate_model(model, codec, SENTENCES, torch.device("cpu"), num_iw_samples=5, block_size=16,
-                           iw_chunk=chunk)
+            evaluate_model(
+                model, codec, SENTENCES, torch.device("cpu"), num_iw_samples=5, block_size=16, iw_chunk=chunk
+            )
         )
     for other in results[1:]:
         assert other["nll"] == pytest.approx(results[0]["nll"], rel=1e-6)
         assert other["ppl"] == pytest.approx(results[0]["ppl"], rel=1e-6)
     with pytest.raises(Exception, match="iw_chunk must be at least 1"):
         evaluate_model(model, codec, SENTENCES, torch.device("cpu"), num_iw_samples=5, iw_chunk=0)
+
+
+def test_attribute_reconstruction_scores_each_attribute_and_counts_distinct_outputs(monkeypatch):
+    from optimus.grammar import generate_corpus
+    from optimus.latents import DecodingOptions
+
+    sentences = generate_corpus(40, seed=5)
+    # A decoder that returns sentence 0 for every odd input and the input itself for even ones.
+    outputs = [s.text if i % 2 == 0 else sentences[0].text for i, s in enumerate(sentences)]
+    monkeypatch.setattr(
+        generate, "posterior_means", lambda model, codec, texts, device: torch.zeros(len(texts), 2)
+    )
+    monkeypatch.setattr(generate, "decode_latents", lambda model, codec, z, options: list(outputs))
+    result = generate.attribute_reconstruction(None, None, sentences, DecodingOptions(), "cpu")
+    first = sentences[0]
+    for name in ("sentiment", "topic", "tense"):
+        odd_hits = sum(getattr(s, name) == getattr(first, name) for s in sentences[1::2])
+        assert result[name] == pytest.approx((20 + odd_hits) / 40)
+    odd_all = sum(s.attributes() == first.attributes() for s in sentences[1::2])
+    assert result["all"] == pytest.approx((20 + odd_all) / 40)
+    assert result["distinct"] == pytest.approx(len(set(outputs)) / 40)
+    assert result["outputs"] == outputs

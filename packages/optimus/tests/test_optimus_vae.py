@@ -231,3 +231,56 @@ def test_generation_longer_than_the_decoder_positions_is_refused():
         model.generate(torch.zeros(1, 8), max_length=64)
     with pytest.raises(UserError, match="unknown decoding strategy"):
         model.generate(torch.zeros(1, 8), strategy="beam")
+
+
+def _with(model: OptimusVAE, **changes) -> OptimusVAE:
+    """The same weights with other config switches (they shape no parameter)."""
+    from dataclasses import replace
+
+    other = OptimusVAE(replace(model.config, **changes))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def test_mean_pooling_is_the_masked_mean_of_the_last_hidden_states_and_ignores_padding():
+    torch.manual_seed(9)
+    model = _with(tiny_vae(), encoder_pooling="mean")
+    ids = torch.tensor([[5, 6, 7, 8, 0, 0], [9, 10, 11, 12, 13, 14]])
+    mask = (ids != 0).long()
+    hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    expected = torch.stack([hidden[0, :4].mean(0), hidden[1].mean(0)])
+    torch.testing.assert_close(model.encoder_features(ids, mask), expected)
+    unpadded = model.encoder_features(ids[:1, :4], mask[:1, :4])
+    torch.testing.assert_close(model.encoder_features(ids, mask)[:1], unpadded, rtol=1e-5, atol=1e-6)
+    mean, _ = model.encode(ids, mask)
+    torch.testing.assert_close(mean, model.latent_head(expected).chunk(2, dim=-1)[0])
+    # The default is the original's [CLS] pooler.
+    pooler = _with(model, encoder_pooling="pooler")
+    torch.testing.assert_close(pooler.encoder_features(ids, mask), pooler.encoder(ids, mask).pooler_output)
+
+
+def test_unit_variance_fixes_the_posterior_variance_and_the_kl_is_half_the_squared_mean():
+    from optimus.objective import vae_loss
+
+    torch.manual_seed(10)
+    model = _with(tiny_vae(), unit_variance=True)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.ones_like(ids)
+    mean, logvar = model.encode(ids, mask)
+    assert torch.equal(logvar, torch.zeros_like(mean))
+    terms = vae_loss(torch.zeros(1), torch.ones(1), mean, logvar, beta=1.0)
+    torch.testing.assert_close(terms.kl, 0.5 * mean.pow(2).sum())
+
+
+def test_pooling_and_unit_variance_survive_save_and_old_folders_read_as_the_original(tmp_path):
+    model = _with(tiny_vae(), encoder_pooling="mean", unit_variance=True)
+    model.save_pretrained(tmp_path / "new")
+    loaded = OptimusVAE.from_pretrained(tmp_path / "new")
+    assert (loaded.config.encoder_pooling, loaded.config.unit_variance) == ("mean", True)
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    del config["encoder_pooling"], config["unit_variance"]  # a folder saved before the options
+    (tmp_path / "new" / "config.json").write_text(json.dumps(config))
+    old = OptimusVAE.from_pretrained(tmp_path / "new")
+    assert (old.config.encoder_pooling, old.config.unit_variance) == ("pooler", False)
+    with pytest.raises(UserError, match="encoder_pooling"):
+        _with(model, encoder_pooling="max")

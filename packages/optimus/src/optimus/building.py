@@ -55,6 +55,8 @@ class ModelOptions:
     scratch_layers: int = 2
     vocab_size: int = 1000  # of tokenizers trained from scratch
     block_size: int = 64  # longest token sequence
+    encoder_pooling: str = "pooler"  # what the latent head reads (OptimusConfig.encoder_pooling)
+    unit_variance: bool = False  # the original's deterministic connect (OptimusConfig.unit_variance)
     init_from: str = ""  # a saved or converted Optimus model folder to start from; empty: build one
 
     @classmethod
@@ -86,6 +88,8 @@ class ModelOptions:
             "latent_size": config.get("latent_size", defaults.latent_size),
             "memory_injection": config.get("memory_injection", defaults.memory_injection),
             "embedding_injection": config.get("embedding_injection", defaults.embedding_injection),
+            "encoder_pooling": config.get("encoder_pooling", defaults.encoder_pooling),
+            "unit_variance": config.get("unit_variance", defaults.unit_variance),
         }
         for name, model_value in taken.items():
             value = getattr(self, name)
@@ -302,6 +306,8 @@ def build_model(options: ModelOptions, codec: SentenceCodec) -> OptimusVAE:
         options.memory_injection,
         options.embedding_injection,
         block_size=options.block_size,
+        encoder_pooling=options.encoder_pooling,
+        unit_variance=options.unit_variance,
     )
     return OptimusVAE(config, encoder, decoder)
 

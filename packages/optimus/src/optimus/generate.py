@@ -29,7 +29,7 @@ from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from optimus.data import read_sentences
-from optimus.grammar import ATTRIBUTES, generate_corpus, read_attributes
+from optimus.grammar import ATTRIBUTES, GrammarSentence, generate_corpus, read_attributes
 from optimus.latents import DecodingOptions, decode_latents, posterior_means
 from optimus.saved_model import SavedModelConfig, open_saved_model, write_result
 from optimus.tokenization import SentenceCodec
@@ -55,6 +55,42 @@ def analogy(model, codec, a: str, b: str, c: str, options: DecodingOptions, devi
     """``a : b :: c : ?`` as ``decode(z_c + z_b − z_a)``."""
     z = posterior_means(model, codec, [a, b, c], device)
     return decode_latents(model, codec, (z[2] + z[1] - z[0]).unsqueeze(0), options)[0]
+
+
+def attribute_reconstruction(
+    model: OptimusVAE,
+    codec: SentenceCodec,
+    sentences: list[GrammarSentence],
+    options: DecodingOptions,
+    device,
+) -> dict:
+    """How much of each embedded sentence's meaning survives the round trip through ``z``.
+
+    Each sentence is encoded to its posterior mean and decoded (``options``, greedy by default);
+    the checker reads sentiment, topic and tense back from the output. Returns, over the
+    sentences, the share whose output keeps each attribute (``sentiment``, ``topic``, ``tense``),
+    all three at once (``all``), and the share of distinct outputs (``distinct``: a decoder that
+    ignores ``z`` writes one template for every input), plus the ``outputs`` themselves.
+    """
+    if not sentences:
+        raise UserError("attribute reconstruction needs at least one sentence")
+    z = posterior_means(model, codec, [s.text for s in sentences], device)
+    outputs = decode_latents(model, codec, z, options)
+    kept = {name: 0 for name in ATTRIBUTES}
+    all_kept = 0
+    for sentence, output in zip(sentences, outputs, strict=True):
+        read = read_attributes(output)
+        hits = {name: read[name] == getattr(sentence, name) for name in ATTRIBUTES}
+        for name, hit in hits.items():
+            kept[name] += hit
+        all_kept += all(hits.values())
+    count = len(sentences)
+    return {
+        **{name: hits / count for name, hits in kept.items()},
+        "all": all_kept / count,
+        "distinct": len(set(outputs)) / count,
+        "outputs": outputs,
+    }
 
 
 def attribute_vectors(model, codec, texts: list[str], labels: list[str], device) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ from optimus.evaluation import evaluate_model, write_samples
 from optimus.objective import BETA_SCHEDULES, KL_MODES, BetaSchedule, LossTerms, vae_loss
 from optimus.saved_model import save_trained
 from optimus.tokenization import DECODER_SUBFOLDER, load_tokenizer
-from optimus.vae import OptimusVAE, VAEOutput, word_dropout
+from optimus.vae import POOLINGS, OptimusVAE, VAEOutput, word_dropout
 
 PRETRAINED_LR = 5e-5  # the paper's AdamW learning rate for pretrained BERT/GPT-2
 SCRATCH_LR = 1e-3  # tiny from-scratch models learn nothing in minutes at 5e-5
@@ -99,6 +99,16 @@ class OptimusTrainConfig(TrainingConfig):
     latent_size: int = option(32, help="Dimensions of z (32 in the paper; 768 for sentence manipulation).")
     memory_injection: bool = option(True, help="Inject z as an extra attended key/value slot in every layer.")
     embedding_injection: bool = option(True, help="Add a projection of z to every token embedding.")
+    encoder_pooling: str = option(
+        "pooler",
+        help="What the latent head reads: BERT's [CLS] pooler (the original) or the mean of the last "
+        "hidden states.",
+        choices=POOLINGS,
+    )
+    unit_variance: bool = option(
+        False,
+        help="Fix the posterior variance at 1 (the original's --use_deterministic_connect): KL = |mean|^2/2.",
+    )
     scratch_hidden: int = option(128, help="Width of from-scratch BERT/GPT-2.")
     scratch_layers: int = option(2, help="Layers of from-scratch BERT/GPT-2.")
     vocab_size: int = option(1000, help="Vocabulary of tokenizers trained from scratch.")
@@ -141,7 +151,7 @@ class OptimusTrainConfig(TrainingConfig):
     # evaluation during training
     eval_every: int = option(400, help="Evaluate and write sample texts every N steps (0: only at the end).")
     eval_sentences: int = option(256, help="Held-out sentences used by each evaluation.")
-    num_samples: int = option(8, help="Reconstructions and prior samples written per evaluation.")
+    num_samples: int = option(8, help="Reconstructions and prior samples written per evaluation (0: none).")
 
 
 # The original's recipes (ChunyuanLI/Optimus). Fine-tuning: run_lm_vae_training.py as its Philly
@@ -294,6 +304,8 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
         raise UserError("batch_size, latent_size must be >= 1 and block_size >= 4")
     if not 0 <= cfg.word_dropout < 1:
         raise UserError(f"word_dropout must be in [0, 1), got {cfg.word_dropout}")
+    if cfg.num_samples < 0:
+        raise UserError(f"num_samples must be >= 0 (0: write none), got {cfg.num_samples}")
     if cfg.warmup_steps < 0:
         raise UserError(f"warmup_steps must be >= 0, got {cfg.warmup_steps}")
     if cfg.epochs < 0:
@@ -455,15 +467,16 @@ def train(cfg: OptimusTrainConfig) -> TrainResult:
                         {k: v for k, v in last_eval.items() if isinstance(v, (int, float))},
                         prefix="eval/",
                     )
-                    write_samples(
-                        bare,
-                        codec,
-                        held_out,
-                        run.samples_dir / f"step_{step:06d}.jsonl",
-                        device,
-                        cfg.num_samples,
-                        cfg.block_size,
-                    )
+                    if cfg.num_samples > 0:
+                        write_samples(
+                            bare,
+                            codec,
+                            held_out,
+                            run.samples_dir / f"step_{step:06d}.jsonl",
+                            device,
+                            cfg.num_samples,
+                            cfg.block_size,
+                        )
                 wait_for_everyone()
         if run.dist.is_main:
             model_dir = save_trained(run_dir / "model", unwrap_model(ddp_model), codec)

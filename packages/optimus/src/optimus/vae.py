@@ -1,7 +1,8 @@
 """The Optimus VAE: a BERT encoder and a GPT-2 decoder joined by a Gaussian latent ``z``.
 
-Encoder: ``BertModel`` pooled output → ``Linear(hidden, 2·latent, bias=False)`` → mean and
-log-variance; ``z`` is a reparameterised sample.
+Encoder: ``BertModel`` pooled output (BERT's pooler, or optionally the mean of the last hidden
+states) → ``Linear(hidden, 2·latent, bias=False)`` → mean and log-variance (optionally fixed at 0,
+the original's deterministic connect); ``z`` is a reparameterised sample.
 
 Decoder: ``GPT2LMHeadModel`` with ``z`` injected in two switchable ways (both on by default):
 
@@ -56,6 +57,14 @@ class OptimusConfig:
     # Longest token sequence (either half) the model was trained for and is evaluated with;
     # 0: the most its position embeddings allow. Folders saved before this field read back as 0.
     block_size: int = 0
+    # What the latent head reads (folders saved before these fields read back as the original):
+    # "pooler" is BERT's tanh-[CLS] pooler, as in the original; "mean" the masked mean of the last
+    # hidden states, which depends on the input far more in a small encoder trained from scratch.
+    encoder_pooling: str = "pooler"
+    # The original's --use_deterministic_connect: the posterior's variance is fixed at 1 (the
+    # head's log-variance half is unused), so z = mean + ε and the KL is ‖mean‖²/2. The decoder
+    # cannot escape the noise by shrinking the variance; information has to go into the mean.
+    unit_variance: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +113,9 @@ class VAEOutput:
     z: torch.Tensor  # [B, D]
 
 
+POOLINGS = ("pooler", "mean")
+
+
 class OptimusVAE(nn.Module):
     """BERT encoder + Gaussian latent + GPT-2 decoder (see the module docstring)."""
 
@@ -121,7 +133,11 @@ class OptimusVAE(nn.Module):
         self.decoder = decoder if decoder is not None else GPT2LMHeadModel(GPT2Config(**config.decoder))
         config.encoder = self.encoder.config.to_dict()
         config.decoder = self.decoder.config.to_dict()
-        if self.encoder.pooler is None:
+        if config.encoder_pooling not in POOLINGS:
+            raise UserError(
+                f"encoder_pooling must be one of {', '.join(POOLINGS)}, got {config.encoder_pooling!r}"
+            )
+        if config.encoder_pooling == "pooler" and self.encoder.pooler is None:
             raise UserError("the encoder must have BERT's pooler (add_pooling_layer=True)")
         enc_hidden = self.encoder.config.hidden_size
         dec = self.decoder.config
@@ -176,13 +192,19 @@ class OptimusVAE(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior ``q(z|x)`` parameters: mean and log-variance, each ``[B, latent]``."""
-        pooled = self.encoder(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        pooled = self.encoder_features(input_ids, attention_mask)
         mean, logvar = self.latent_head(pooled).float().chunk(2, dim=-1)
+        if self.config.unit_variance:
+            logvar = torch.zeros_like(logvar)
         return mean, logvar
 
     def encoder_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The encoder's pooled features (for comparison with latents in low-resource classification)."""
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        """What the latent head reads: the pooled encoder output (``config.encoder_pooling``)."""
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.config.encoder_pooling == "pooler":
+            return output.pooler_output
+        mask = attention_mask.unsqueeze(-1).to(output.last_hidden_state.dtype)
+        return (output.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
     @staticmethod
     def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, num_samples: int = 0) -> torch.Tensor:
