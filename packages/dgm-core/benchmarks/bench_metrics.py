@@ -8,6 +8,10 @@
    network, dgm-core's with the reference structure, and dgm-core's optimized for inference (batch
    norm folded, channels-last; target >= 1.5x pytorch-fid, features within 1e-5).
    Random weights (no weights ship offline); the cost is the same as with the real ones.
+3. The opt-in bf16 mode: FID of a fixed pair of image sets with features in fp32 and under bf16
+   autocast, the deviation and each one's throughput (``--bf16-images``, 0 to skip). With random
+   weights this measures bf16's rounding through this network, not the deviation with the real
+   weights, which is for a machine that has them.
 
     python packages/dgm-core/benchmarks/bench_metrics.py [--dim 2048] [--device cpu] [--threads N]
 """
@@ -70,6 +74,20 @@ def _images_per_second(forward, images: torch.Tensor, batches: int, device: torc
     return batches * images.shape[0] / (time.perf_counter() - start)
 
 
+def _random_fid_inception() -> FIDInceptionV3:
+    """The FID Inception with its random initial weights and non-trivial batch-norm statistics
+    (so folding them is a real change), the same on every call."""
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    network = FIDInceptionV3().eval()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    return network
+
+
 def _inception_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """Throughput of the FID Inception: pytorch-fid's network, ours as the reference, ours optimized.
 
@@ -78,12 +96,7 @@ def _inception_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    reference = FIDInceptionV3().eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, so folding them is a real change
-        for module in reference.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1, generator=generator)
-                module.running_var.uniform_(0.5, 1.5, generator=generator)
+    reference = _random_fid_inception()
     optimized = copy.deepcopy(reference).optimize_for_inference().to(device)
     reference = reference.to(device)
     images = torch.randint(
@@ -119,6 +132,55 @@ def _inception_rows(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _bf16_rows(args: argparse.Namespace, network: torch.nn.Module) -> list[tuple[str, str, str]]:
+    """The opt-in bf16 mode (features under ``autocast(bfloat16)``, e.g. ``fqgan-eval --precision bf16``):
+    FID between a fixed pair of image sets in fp32 and in bf16, and the throughput of each.
+
+    The two sets: ``--bf16-images`` random smooth colour fields each (4×4 colours blown up to
+    ``--image-size``), the second set brighter and more saturated, so the FID is far from zero.
+    """
+    from dgm_core.metrics import extract_features
+
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(1)
+
+    def image_set(gain: float, offset: float) -> torch.Tensor:
+        coarse = torch.randn(args.bf16_images, 3, 4, 4, generator=generator)
+        fields = torch.nn.functional.interpolate(coarse, size=args.image_size, mode="bilinear")
+        return ((fields * gain + offset).sigmoid() * 255).round().to(torch.uint8)
+
+    first, second = image_set(1.0, 0.0), image_set(2.0, 0.7)
+
+    def fid_and_rate(precision: str) -> tuple[float, float, torch.Tensor]:
+        context = (
+            torch.autocast(device.type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else torch.autocast(device.type, enabled=False)
+        )
+        start = time.perf_counter()
+        with context:
+            a, _ = extract_features(network, first, args.batch_size, device)
+            b, _ = extract_features(network, second, args.batch_size, device)
+        rate = 2 * args.bf16_images / (time.perf_counter() - start)
+        statistics = [(f.double().mean(0).numpy(), np.cov(f.double().numpy(), rowvar=False)) for f in (a, b)]
+        return frechet_distance(*statistics[0], *statistics[1]), rate, a
+
+    fid32, rate32, features32 = fid_and_rate("fp32")
+    fid16, rate16, features16 = fid_and_rate("bf16")
+    feature_error = ((features16 - features32).norm(dim=1) / features32.norm(dim=1)).mean().item()
+    label = f"FID Inception (optimized), {args.bf16_images} vs {args.bf16_images} images, {device.type}"
+    return [
+        (f"{label}: fp32", f"{rate32:.1f} images/s", f"FID {fid32:.4g}"),
+        (
+            f"{label}: bf16 autocast (opt-in)",
+            f"{rate16:.1f} images/s",
+            f"FID {fid16:.4g}: deviation {fid16 - fid32:+.3g}"
+            f"{f' ({(fid16 - fid32) / fid32:+.2%})' if fid32 > 1e-3 else ' (the sets are not told apart)'}; "
+            f"mean relative feature error {feature_error:.1e}; {rate16 / rate32:.2f}x fp32's speed",
+        ),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -132,6 +194,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="device for the Inception throughput")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--skip-inception", action="store_true", help="only benchmark the Fréchet distance")
+    parser.add_argument(
+        "--bf16-images", type=int, default=500, help="images per set for the bf16 FID deviation (0: skip)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -158,6 +223,9 @@ def main() -> None:
 
     if not args.skip_inception:
         rows += _inception_rows(args)
+    if args.bf16_images:
+        network = _random_fid_inception().optimize_for_inference().to(args.device)
+        rows += _bf16_rows(args, network)
 
     machine = (
         f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} logical CPUs, "
