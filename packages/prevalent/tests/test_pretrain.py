@@ -96,6 +96,19 @@ def tiny_args(world: Path, run_dir: Path, steps: int = 3, *extra: str) -> list[s
     ]
 
 
+def _tiny_encoder_config(tokenizer: InstructionTokenizer, **overrides) -> EncoderConfig:
+    """A 16-wide encoder with one text and one cross layer, for ``tokenizer``'s vocabulary."""
+    sizes = dict(
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        text_layers=1,
+        cross_layers=1,
+        angle_feature_size=8,
+    )
+    return EncoderConfig(vocab_size=tokenizer.vocab_size, **{**sizes, **overrides})
+
+
 def test_teacher_triplets_follow_the_reference_path_and_end_with_stop(tiny_world):
     world = open_world(str(tiny_world), "")
     episodes = get_task("r2r").load(world.data_dir, "train", TaskOptions())
@@ -160,16 +173,8 @@ def test_held_out_action_accuracy_splits_into_stop_and_move(tiny_world):
     tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=200)
     rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
     batcher = TripletBatcher(episodes, triplets, world, tokenizer, 48, 8, rule)
-    config = EncoderConfig(
-        vocab_size=tokenizer.vocab_size,
-        pad_token_id=tokenizer.pad_id,
-        image_feature_size=world.feature_size,
-        hidden_size=16,
-        num_attention_heads=2,
-        intermediate_size=32,
-        text_layers=1,
-        cross_layers=1,
-        angle_feature_size=8,
+    config = _tiny_encoder_config(
+        tokenizer, pad_token_id=tokenizer.pad_id, image_feature_size=world.feature_size
     )
     torch.manual_seed(0)
     metrics = evaluate(PrevalentPretrainingModel(config), batcher, 16, torch.device("cpu"), seed=0)
@@ -229,17 +234,11 @@ def test_four_micro_batches_of_8_give_the_gradients_of_one_batch_of_32(tiny_worl
     )
     masked_per_micro_batch = (batch.mlm_labels != IGNORE_INDEX).view(4, -1).sum(dim=1)
     assert len(set(masked_per_micro_batch.tolist())) > 1  # unequal: a plain mean of means would be off
-    config = EncoderConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=16,
-        num_attention_heads=2,
-        intermediate_size=32,
-        text_layers=1,
-        cross_layers=1,
+    config = _tiny_encoder_config(
+        tokenizer,
         image_feature_size=8,
-        angle_feature_size=8,
         max_text_length=48,
-        dropout=0.0,  # so that both passes compute the same function
+        dropout=0.0,  # both passes: the same function
     )
     torch.manual_seed(0)
     model = PrevalentPretrainingModel(config)

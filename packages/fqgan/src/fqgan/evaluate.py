@@ -170,9 +170,10 @@ def _shapes_metrics(
         fake_features, fake_factors, fake_confidence = classifier.predict_with_confidence(samples)
         floor_features, floor_factors, floor_confidence = classifier.predict_with_confidence(floor)
     # Plausible: no farther from the real statistics than all but 1 % of a fresh real sample.
-    limit = torch.quantile(mahalanobis_squared(floor_features, real_stats), PLAUSIBLE_QUANTILE)
+    floor_distances = mahalanobis_squared(floor_features, real_stats)
+    limit = torch.quantile(floor_distances, PLAUSIBLE_QUANTILE)
     fake_plausible = mahalanobis_squared(fake_features, real_stats) <= limit
-    floor_plausible = mahalanobis_squared(floor_features, real_stats) <= limit
+    floor_plausible = floor_distances <= limit
     floor_quality = shapes_quality(
         floor_features, floor_factors, real_stats, confidence=floor_confidence, plausible=floor_plausible
     )
