@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 
 import pytest
@@ -146,3 +147,13 @@ def test_torchrun_command_for_one_node_is_standalone():
 def test_config_from_dict_rebuilds_a_saved_config():
     saved = cli.config_to_dict(ExampleConfig(count=11, layers=[5]))
     assert cli.config_from_dict(ExampleConfig, saved) == ExampleConfig(count=11, layers=[5])
+
+
+def test_command_line_rebuilds_the_config():
+    cfg = ExampleConfig(name="--two words", count=7, enabled=True, layers=[4, 5], limit=2)
+    line = cli.command_line("example", cfg)
+    assert line.startswith("example ") and "--rate" not in line  # defaults are left out
+    assert parse(shlex.split(line)[1:]) == cfg
+    assert cli.command_line("example", ExampleConfig()) == "example"
+    switched_off = cli.command_line("example", ExampleConfig(enabled=False, layers=[]))
+    assert parse(shlex.split(switched_off)[1:]) == ExampleConfig(layers=[])

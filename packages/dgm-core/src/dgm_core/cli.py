@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -205,6 +206,32 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], source: str = "con
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass."""
     return dataclasses.asdict(cfg)
+
+
+def command_line(prog: str, cfg: Any) -> str:
+    """The shell command that rebuilds ``cfg``: ``prog`` and a flag for every non-default option.
+
+    Result files record it, so a reader can run exactly what made a table.
+    """
+    words = [prog]
+    for name, (field, tp) in _fields(type(cfg)).items():
+        value = getattr(cfg, name)
+        if field.default_factory is not _MISSING:  # type: ignore[misc]
+            default = field.default_factory()  # type: ignore[misc]
+        else:
+            default = field.default
+        if value == default or value is None:
+            continue
+        inner, _ = _unwrap_optional(tp)
+        if inner is bool:
+            words.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            words += [_flag(name), *map(str, value)]
+        elif str(value).startswith("-"):  # argparse would read "--x" after a space as a flag
+            words.append(f"{_flag(name)}={value}")
+        else:
+            words += [_flag(name), str(value)]
+    return shlex.join(words)
 
 
 # --------------------------------------------------------------------------- parser
