@@ -11,6 +11,9 @@ Sessions:
                 (every `>=` floor of its closure pinned with `==`), its fast tests
     demo        every package's main CLI on its embedded default (quick preset)
     bench       the benchmarks (never part of the default run)
+    claims      the three claims in miniature — optimus-claim, fqgan-ablate, prevalent-claim — each
+                with its defaults, results under runs/claims/ (never part of the default run;
+                `nox -s claims -- optimus` runs only that one)
     gpu         on a CUDA machine: the Triton kernel against the torch search, EMAQuantizer against
                 vector-quantize-pytorch, bf16/fp16 steps of each paper-size model with TFLOP/s,
                 a 2-GPU DDP step; without CUDA it says so and passes
@@ -244,6 +247,27 @@ def demo(session: nox.Session) -> None:
         *("--pretrained", str(runs / "prevalent-pretrain" / "encoder")),
         *("--run-dir", str(runs / "prevalent-hanna")),
     )
+
+
+CLAIMS = {
+    "optimus": ("optimus-claim", "--out-dir"),
+    "fqgan": ("fqgan-ablate", "--out-dir"),
+    "prevalent": ("prevalent-claim", "--run-dir"),
+}
+
+
+@nox.session
+def claims(session: nox.Session) -> None:
+    """Each package's claim command on its defaults; finished runs under runs/claims/ are reused."""
+    _prepare(session)
+    _install_packages(session, PACKAGES)
+    wanted = session.posargs or list(CLAIMS)
+    unknown = [name for name in wanted if name not in CLAIMS]
+    if unknown:
+        session.error(f"unknown claim(s) {unknown}; choose from {list(CLAIMS)}")
+    for name in wanted:
+        command, out_flag = CLAIMS[name]
+        session.run(command, out_flag, str(ROOT / "runs" / "claims" / name), env=TEST_ENV)
 
 
 @nox.session

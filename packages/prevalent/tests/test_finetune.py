@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -290,17 +291,20 @@ def test_claim_rejects_unknown_tasks(tmp_path, capsys):
 def test_claim_table_reports_intervals_and_paired_differences_over_seeds(tmp_path):
     from scipy import stats
 
+    from prevalent.claim import ClaimConfig, _world_folder, run_dir_of
     from prevalent.claim import main as claim_main
 
+    args = ["--tasks", "hanna", "--seeds", "0,1,2", "--run-dir", str(tmp_path), "--table-only"]
+    cfg = ClaimConfig(tasks="hanna", seeds="0,1,2", run_dir=str(tmp_path), table_only=True)
     pretrained_sr, scratch_sr = (0.4, 0.2, 0.3), (0.1, 0.1, 0.1)
     for init, values in (("pretrained", pretrained_sr), ("scratch", scratch_sr)):
         for seed, value in enumerate(values):
-            run = tmp_path / f"hanna-{init}-seed{seed}"
+            run = run_dir_of(cfg, "hanna", init, seed, _world_folder(cfg))
             run.mkdir()
             metrics = {"SR": value, "SPL": value / 2, "help_requests": 1.0}
             random = {"SR": 0.05 * (seed + 1), "SPL": 0.0}
-            (run / "eval.json").write_text(json.dumps({"metrics": metrics, "random_agent": random}))
-    args = ["--tasks", "hanna", "--seeds", "0,1,2", "--run-dir", str(tmp_path), "--table-only"]
+            record = {"metrics": metrics, "random_agent": random, "episodes": 500, "houses": 10}
+            (run / "eval.json").write_text(json.dumps(record))
     assert claim_main(args) == 0
     table = (tmp_path / "claim.md").read_text()
     # Student-t intervals over 3 seeds, computed independently here.
@@ -317,6 +321,45 @@ def test_claim_table_reports_intervals_and_paired_differences_over_seeds(tmp_pat
     )
     assert row in table, table
     assert "| hanna | help_requests | — | 1.000 [1.000, 1.000] | 1.000 [1.000, 1.000] |" in table
+    assert "hanna 500 in 10 houses" in table
+    assert table.startswith("`prevalent-claim --run-dir")
+    # Another budget is another run: its results are not taken for these.
+    assert run_dir_of(cfg, "hanna", "scratch", 0, _world_folder(cfg)) != run_dir_of(
+        dataclasses.replace(cfg, steps=cfg.steps + 1), "hanna", "scratch", 0, _world_folder(cfg)
+    )
+
+
+def test_both_arms_fine_tune_on_the_same_episodes_and_are_scored_on_the_same_sample(
+    tiny_world, tiny_bundle, tmp_path, monkeypatch
+):
+    """The claim's equal supervision: pretrained and scratch differ in the encoder only."""
+    seen: dict[str, list[tuple[str, list[str]]]] = {}
+    original_run = EpisodeRunner.run
+
+    def recording_run(self, agent, episodes, feedback):
+        seen[current].append((feedback, [e.instr_id for e in episodes]))
+        return original_run(self, agent, episodes, feedback)
+
+    monkeypatch.setattr(EpisodeRunner, "run", recording_run)
+    for current, pretrained, extra in (
+        ("pretrained", str(tiny_bundle), []),
+        ("scratch", "none", ["--tokenizer", str(tiny_bundle / "tokenizer.json")]),
+    ):
+        seen[current] = []
+        run_dir = tmp_path / current
+        args = finetune_args(tiny_world, run_dir, "r2r", pretrained, 3, "--render-episodes", "0")
+        assert main([*args, "--eval-episodes", "5", "--seed", "3", *extra]) == 0
+        record = json.loads((run_dir / "eval.json").read_text())
+        assert record["episodes"] == 5 and record["houses"] == 1
+    training = {arm: [ids for feedback, ids in calls if feedback != "argmax"] for arm, calls in seen.items()}
+    scored = {arm: [ids for feedback, ids in calls if feedback == "argmax"] for arm, calls in seen.items()}
+    assert len(training["pretrained"]) == 3 and training["pretrained"] == training["scratch"]
+    assert scored["pretrained"] == scored["scratch"]
+    assert (
+        sorted(i for ids in scored["scratch"] for i in ids)
+        == sorted(set(i for ids in scored["scratch"] for i in ids))
+        and sum(len(ids) for ids in scored["scratch"]) == 5
+    )
 
 
 # ------------------------------------------------------------------------------ CVDN dialog histories

@@ -26,11 +26,10 @@ from prevalent.pretrain import (
     accumulate_gradients,
     evaluate,
     main,
-    sample_triplets,
     teacher_triplets,
 )
 from prevalent.rollout import open_world
-from prevalent.tasks import TaskOptions, get_task, training_texts
+from prevalent.tasks import TaskOptions, fixed_sample, get_task, training_texts
 
 TINY_MODEL = [
     "--hidden-size",
@@ -154,8 +153,8 @@ def test_held_out_triplets_are_a_fixed_random_sample_of_every_step_stop_included
     episodes = get_task("r2r").load(world.data_dir, "val_unseen", TaskOptions())
     triplets = teacher_triplets(episodes, world)
     count = len(triplets) // 3
-    sample = sample_triplets(triplets, count, seed=0)
-    assert len(sample) == count and sample == sample_triplets(triplets, count, seed=0)
+    sample = fixed_sample(triplets, count, seed=0)
+    assert len(sample) == count and sample == fixed_sample(triplets, count, seed=0)
     assert sample != triplets[:count]  # not the first steps of the first paths
     positions = [triplets.index(t) for t in sample]
     assert positions == sorted(positions)
@@ -163,13 +162,13 @@ def test_held_out_triplets_are_a_fixed_random_sample_of_every_step_stop_included
     stops = sum((t.episode, t.viewpoint) in ends for t in sample)
     # STOP triplets appear in about their true share (one per path) rather than not at all.
     assert 0.5 * len(ends) / len(triplets) <= stops / count <= 1.5 * len(ends) / len(triplets)
-    assert sample_triplets(triplets, len(triplets) + 5, seed=0) == triplets
+    assert fixed_sample(triplets, len(triplets) + 5, seed=0) == triplets
 
 
 def test_held_out_action_accuracy_splits_into_stop_and_move(tiny_world):
     world = open_world(str(tiny_world), "")
     episodes = get_task("r2r").load(world.data_dir, "val_unseen", TaskOptions())
-    triplets = sample_triplets(teacher_triplets(episodes, world), 40, seed=1)
+    triplets = fixed_sample(teacher_triplets(episodes, world), 40, seed=1)
     tokenizer = InstructionTokenizer.train([e.instruction for e in episodes], vocab_size=200)
     rule = MaskingRule(tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids)
     batcher = TripletBatcher(episodes, triplets, world, tokenizer, 48, 8, rule)

@@ -126,3 +126,75 @@ def test_bad_sizes_are_user_errors(tmp_path):
         make_synthetic_dataset(tmp_path / "x", houses=2, unseen_houses=2)
     with pytest.raises(UserError, match="feature_size"):
         make_synthetic_dataset(tmp_path / "y", feature_size=2)
+
+
+def test_more_unseen_houses_keep_the_training_houses_episodes_and_features(tmp_path, dataset):
+    """The claim world: the default world's training side, with more unseen houses and episodes."""
+    bigger = make_synthetic_dataset(
+        tmp_path / "bigger", seed=5, **{**SMALL, "houses": 6, "unseen_houses": 3, "val_paths_per_house": 9}
+    )
+    for rel in ("R2R/R2R_train.json", "NDH/train.json", "HANNA/train.json", "instructions.txt"):
+        assert (bigger / rel).read_bytes() == (dataset / rel).read_bytes(), rel
+    small_manifest = json.loads((dataset / "dataset.json").read_text())
+    big_manifest = json.loads((bigger / "dataset.json").read_text())
+    assert big_manifest["splits"]["train"] == small_manifest["splits"]["train"]
+    assert len(big_manifest["splits"]["val_unseen"]) == 3
+    assert not set(big_manifest["splits"]["val_unseen"]) & set(big_manifest["splits"]["train"])
+    assert big_manifest["counts"]["val_unseen"]["R2R"] == 3 * 9
+    small_store, big_store = FeatureStore.open(dataset / "features"), FeatureStore.open(bigger / "features")
+    for house in json.loads((dataset / "houses.json").read_text()):
+        if house["split"] == "seen":
+            for viewpoint in house["viewpoint_rooms"]:
+                key = (house["scan"], viewpoint)
+                assert np.array_equal(small_store[key], big_store[key])
+
+
+def _phrases(phrasing) -> set[str]:
+    """A family's fixed wording: every template cut at its placeholders ("exit the {room}" → "exit the")."""
+    templates = [t for table in phrasing.turn.values() for t in table]
+    for name in ("exit", "enter", "through", "pass_by", "stop", "stop_room"):
+        templates += getattr(phrasing, name)
+    pieces = {piece.split("}")[-1].strip(" ,").lower() for t in templates for piece in t.split("{")}
+    return {piece for piece in pieces if len(piece) > 4}
+
+
+def test_dialog_answers_and_help_use_their_own_template_family(dataset):
+    from prevalent.data.synthetic import DIALOG, INSTRUCTION
+
+    instruction, dialog = _phrases(INSTRUCTION), _phrases(DIALOG)
+    r2r = [
+        t.lower()
+        for item in json.loads((dataset / "R2R" / "R2R_train.json").read_text())
+        for t in item["instructions"]
+    ]
+    ndh = json.loads((dataset / "NDH" / "train.json").read_text())
+    answers = [t["message"] for item in ndh for t in item["dialog_history"] if t["role"] == "oracle"]
+    hanna = json.loads((dataset / "HANNA" / "train.json").read_text())
+    help_texts = [r["instruction"].lower() for item in hanna for r in item["help"]]
+    assert answers and help_texts and r2r
+
+    def uses(texts: list[str], phrases: set[str]) -> int:
+        return sum(any(p in t for p in phrases) for t in texts)
+
+    # R2R instructions (the pretraining text) never use the dialog family, and the answers and
+    # help never use the instruction family's wording; each uses its own.
+    assert uses(r2r, dialog) == 0 and uses(answers, instruction) == 0 and uses(help_texts, instruction) == 0
+    assert uses(r2r, instruction) == len(r2r)
+    assert uses(answers, dialog) == len(answers) and uses(help_texts, dialog) == len(help_texts)
+
+
+def test_worlds_of_another_format_or_size_are_refused_not_replaced(tmp_path, dataset):
+    import shutil
+
+    from prevalent.rollout import synthetic_world
+
+    folder = tmp_path / "old"
+    shutil.copytree(dataset, folder)
+    manifest = json.loads((folder / "dataset.json").read_text())
+    assert synthetic_world(folder, 5, **SMALL).data_dir == folder
+    with pytest.raises(UserError, match="other sizes: unseen_houses 1, wanted 2"):
+        synthetic_world(folder, 5, **{**SMALL, "unseen_houses": 2})
+    (folder / "dataset.json").write_text(json.dumps({**manifest, "format": "prevalent-synthetic/1"}))
+    with pytest.raises(UserError, match="format 'prevalent-synthetic/1'.*move the folder away"):
+        synthetic_world(folder, 5)
+    assert _files(folder)["features/features.npy"] == _files(dataset)["features/features.npy"]

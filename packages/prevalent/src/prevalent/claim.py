@@ -1,17 +1,30 @@
-"""``python -m prevalent.claim``: the paper's claim in miniature.
+"""``prevalent-claim``: the paper's claim in miniature.
 
 PREVALENT's claim is that pre-training the encoder on image-text-action triplets helps agents,
-most on the out-of-domain tasks. In miniature: on the synthetic worlds' unseen houses, with an
-equal fine-tuning budget and several seeds, fine-tune once from the pretrained encoder and once
-from scratch (same sizes, same tokenizer) for each of r2r, cvdn and hanna, and report SR/SPL
-(r2r, hanna) and goal progress (cvdn) as the mean and 95 % interval over seeds with the paired
-difference (same seed, same episodes), beside the random agent. The table is
-written to ``<run_dir>/claim.md`` (and ``claim.json``) whatever it shows.
+most on the out-of-domain tasks. In miniature, for each of r2r, cvdn and hanna and each seed, one
+agent is fine-tuned from the pretrained encoder and one from scratch (same sizes, same tokenizer),
+and both are scored on unseen houses:
+
+* equal supervision — both arms fine-tune on exactly the same episodes, in the same order, for the
+  same steps (the episode order depends on the seed alone); the pretraining triplets come from the
+  training houses only;
+* evaluation on a fixed random sample of ``--eval-episodes`` episodes per task from
+  ``--unseen-houses`` houses that neither pretraining nor fine-tuning ever saw: the claim world, the
+  default synthetic world with more unseen houses and more episodes in them (its training houses,
+  episodes and features are the default world's, so the default pretrained bundle applies);
+* out of domain means other language: cvdn answers and hanna help are written in a template
+  family (``language.DIALOG``) that neither r2r instructions nor the pretraining text use.
+
+Reported: SR/SPL (r2r, hanna; nDTW for r2r) and goal progress (cvdn) as the mean and 95 % interval
+over seeds, the paired difference (same seed, same episodes) and the random agent. Runs live in
+``<run_dir>/<task>-<arm>-seed<N>-<digest of their options>``: finished runs are reused, any changed
+option trains anew. The table goes to ``<run_dir>/claim.md`` (and ``claim.json``), whatever it shows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -21,11 +34,19 @@ from dgm_core import cli
 from dgm_core.claims import mean_interval, paired_difference, results_table
 from dgm_core.cli import option
 from dgm_core.errors import UserError
+from prevalent.data.synthetic import DEFAULT_DATA_ROOT, SyntheticConfig
 from prevalent.finetune import DEFAULT_PRETRAINED, FinetuneConfig, finetune
 from prevalent.pretrain import PretrainConfig, pretrain
+from prevalent.rollout import synthetic_world
 from prevalent.tasks import TASKS
 
-METRICS = {"r2r": ("SR", "SPL"), "cvdn": ("goal_progress", "SR"), "hanna": ("SR", "SPL", "help_requests")}
+PROG = "prevalent-claim"
+METRICS = {
+    "r2r": ("SR", "SPL", "nDTW"),
+    "cvdn": ("goal_progress", "SR"),
+    "hanna": ("SR", "SPL", "help_requests"),
+}
+ARMS = ("pretrained", "scratch")
 
 
 @dataclass
@@ -40,12 +61,60 @@ class ClaimConfig:
     )
     steps: int = option(150, help="Fine-tuning steps of every run (the equal budget).")
     batch_size: int = option(16, help="Episodes per fine-tuning step.")
+    unseen_houses: int = option(10, help="Unseen houses of the claim world (evaluation only).")
+    val_paths_per_house: int = option(
+        120, help="R2R paths per unseen house of the claim world (cvdn and hanna scale with it)."
+    )
+    eval_episodes: int = option(
+        500, help="Episodes per task scored: a fixed random sample of the unseen houses."
+    )
+    synthetic_seed: int = option(0, help="Seed of the synthetic worlds (the pretrained bundle's).")
     device: str = option("auto", help="Device for every run.")
     table_only: bool = option(False, help="Only rebuild the table from the runs already in --run-dir.")
 
 
-def _interval(values: list[float]) -> str:
-    return mean_interval(values).format()
+def claim_world(cfg: ClaimConfig) -> Path:
+    """The claim world's folder (generated when missing): the default synthetic world's training
+    houses, episodes and features, and ``unseen_houses`` unseen houses with more episodes each."""
+    defaults = SyntheticConfig()
+    training_houses = defaults.houses - defaults.unseen_houses
+    folder = _world_folder(cfg)
+    synthetic_world(
+        folder,
+        cfg.synthetic_seed,
+        houses=training_houses + cfg.unseen_houses,
+        unseen_houses=cfg.unseen_houses,
+        val_paths_per_house=cfg.val_paths_per_house,
+    )
+    return folder
+
+
+def finetune_config(cfg: ClaimConfig, task: str, arm: str, seed: int, world: Path) -> FinetuneConfig:
+    """One run's options: the two arms differ in where the encoder (and tokenizer) come from only."""
+    bundle = Path(cfg.pretrained)
+    return FinetuneConfig(
+        task=task,
+        steps=cfg.steps,
+        seed=seed,
+        batch_size=cfg.batch_size,
+        device=cfg.device,
+        progress=False,
+        render_episodes=0,
+        eval_every=cfg.steps,
+        eval_episodes=cfg.eval_episodes,
+        data=str(world),
+        pretrained=str(bundle) if arm == "pretrained" else "none",
+        tokenizer="" if arm == "pretrained" else str(bundle / "tokenizer.json"),
+    )
+
+
+def run_dir_of(cfg: ClaimConfig, task: str, arm: str, seed: int, world: Path) -> Path:
+    """``<run_dir>/<task>-<arm>-seed<N>-<digest>``: the digest covers every fine-tuning option."""
+    options = cli.config_to_dict(finetune_config(cfg, task, arm, seed, world))
+    options.pop("run_dir")
+    options.pop("progress")
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(cfg.run_dir) / f"{task}-{arm}-seed{seed}-{digest}"
 
 
 def claim(cfg: ClaimConfig) -> int:
@@ -54,56 +123,62 @@ def claim(cfg: ClaimConfig) -> int:
     if unknown:
         raise UserError(f"unknown task(s) {', '.join(unknown)}; valid tasks: {', '.join(TASKS)}")
     seeds = [int(s) for s in cfg.seeds.split(",") if s]
+    if len(seeds) < 2:
+        raise UserError("prevalent-claim needs at least 2 seeds for an interval")
     bundle = Path(cfg.pretrained)
-    if not cfg.table_only and not (bundle / "config.json").is_file():
-        print(f"prevalent-claim: no pretrained encoder at {bundle}; running prevalent-pretrain first")
-        pretrain(PretrainConfig(run_dir=str(bundle.parent), device=cfg.device, progress=False))
-    root = Path(cfg.run_dir)
+    world = claim_world(cfg) if not cfg.table_only else _world_folder(cfg)
     if not cfg.table_only:
+        if not (bundle / "config.json").is_file():
+            print(f"{PROG}: no pretrained encoder at {bundle}; running prevalent-pretrain first")
+            pretrain(
+                PretrainConfig(
+                    run_dir=str(bundle.parent),
+                    synthetic_seed=cfg.synthetic_seed,
+                    device=cfg.device,
+                    progress=False,
+                )
+            )
         for task in tasks:
-            for init in ("pretrained", "scratch"):
+            for arm in ARMS:
                 for seed in seeds:
-                    finetune(
-                        FinetuneConfig(
-                            task=task,
-                            run_dir=str(_run_dir(root, task, init, seed)),
-                            steps=cfg.steps,
-                            seed=seed,
-                            batch_size=cfg.batch_size,
-                            device=cfg.device,
-                            progress=False,
-                            render_episodes=0,
-                            eval_every=cfg.steps,
-                            pretrained=str(bundle) if init == "pretrained" else "none",
-                            tokenizer="" if init == "pretrained" else str(bundle / "tokenizer.json"),
-                        )
-                    )
-    table, results = claim_table(root, tasks, seeds, cfg)
+                    run_dir = run_dir_of(cfg, task, arm, seed, world)
+                    if not (run_dir / "eval.json").is_file():
+                        run_cfg = finetune_config(cfg, task, arm, seed, world)
+                        finetune(dataclasses.replace(run_cfg, run_dir=str(run_dir)))
+    table, results = claim_table(cfg, tasks, seeds, world)
+    root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
     (root / "claim.md").write_text(table)
     (root / "claim.json").write_text(
-        json.dumps({"config": dataclasses.asdict(cfg), "results": results}, indent=1)
+        json.dumps(
+            {"command": cli.command_line(PROG, cfg), "config": dataclasses.asdict(cfg), "results": results},
+            indent=1,
+        )
     )
     print(table)
     return 0
 
 
-def _run_dir(root: Path, task: str, init: str, seed: int) -> Path:
-    return root / f"{task}-{init}-seed{seed}"
+def _world_folder(cfg: ClaimConfig) -> Path:
+    return DEFAULT_DATA_ROOT / (
+        f"seed{cfg.synthetic_seed}-claim-unseen{cfg.unseen_houses}-paths{cfg.val_paths_per_house}"
+    )
 
 
-def claim_table(root: Path, tasks: list[str], seeds: list[int], cfg: ClaimConfig) -> tuple[str, dict]:
+def claim_table(cfg: ClaimConfig, tasks: list[str], seeds: list[int], world: Path) -> tuple[str, dict]:
     """The Markdown table (and the raw numbers) from the runs' ``eval.json`` files."""
     results: dict = {}
+    episodes: dict[str, int] = {}
     for task in tasks:
-        for init in ("pretrained", "scratch"):
+        for arm in ARMS:
             for seed in seeds:
-                eval_file = _run_dir(root, task, init, seed) / "eval.json"
+                eval_file = run_dir_of(cfg, task, arm, seed, world) / "eval.json"
                 if not eval_file.is_file():
                     raise UserError(f"{eval_file} is missing; run the claim without --table-only first")
                 record = json.loads(eval_file.read_text())
-                results.setdefault(task, {}).setdefault(init, []).append(record["metrics"])
-                if init == "pretrained":  # the random agent depends on the seed only
+                results.setdefault(task, {}).setdefault(arm, []).append(record["metrics"])
+                episodes[task] = (record.get("episodes", "?"), record.get("houses", "?"))
+                if arm == "pretrained":  # the random agent depends on the seed only
                     results[task].setdefault("random", []).append(record["random_agent"])
     rows = []
     for task in tasks:
@@ -115,29 +190,32 @@ def claim_table(root: Path, tasks: list[str], seeds: list[int], cfg: ClaimConfig
                 [
                     task,
                     metric,
-                    _interval(random_values) if random_values else "—",
-                    _interval(scratch),
-                    _interval(pretrained),
+                    mean_interval(random_values).format() if random_values else "—",
+                    mean_interval(scratch).format(),
+                    mean_interval(pretrained).format(),
                     # Same seed, same episodes: the difference pair by pair.
                     paired_difference(pretrained, scratch).format(),
                 ]
             )
+    scored = ", ".join(f"{task} {n} in {h} houses" for task, (n, h) in episodes.items())
     header = (
-        f"Unseen houses (val_unseen), {cfg.steps} fine-tuning steps x {cfg.batch_size} episodes for every "
-        f"run, seeds {','.join(map(str, seeds))}; mean [95 % interval] over seeds, and the paired "
-        "difference pretrained − scratch with its paired t-test and wins/losses/ties over seeds."
+        f"`{cli.command_line(PROG, cfg)}`\n\n"
+        f"{cfg.unseen_houses} unseen houses (in neither pretraining nor fine-tuning), episodes scored per "
+        f"task: {scored}; {cfg.steps} fine-tuning steps x {cfg.batch_size} episodes for every run, the "
+        f"same episodes for both arms; seeds {','.join(map(str, seeds))}. Mean [95 % interval] over seeds, "
+        "and the paired difference pretrained − scratch with its paired t-test and wins/losses/ties."
     )
     columns = ["task", "metric", "random agent", "from scratch", "from pretrained", "pretrained − scratch"]
     return header + "\n\n" + results_table(rows, columns) + "\n", results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m prevalent.claim [--steps N --seeds 0,1 --tasks r2r,cvdn,hanna]``."""
+    """``prevalent-claim [--steps N --seeds 0,1 --tasks r2r,cvdn,hanna]``."""
     return cli.run(
         claim,
         ClaimConfig,
         argv,
-        prog="prevalent-claim",
+        prog=PROG,
         description="Pretrained vs from-scratch fine-tuning on unseen houses, for r2r, cvdn and hanna.",
     )
 

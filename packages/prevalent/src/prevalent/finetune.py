@@ -60,7 +60,7 @@ from prevalent.rollout import (
     data_paths,
     open_world,
 )
-from prevalent.tasks import TASKS, NavEpisode, Task, TaskOptions, get_task, training_texts
+from prevalent.tasks import TASKS, NavEpisode, Task, TaskOptions, fixed_sample, get_task, training_texts
 
 DEFAULT_PRETRAINED = "runs/prevalent-pretrain/encoder"
 
@@ -139,6 +139,11 @@ class FinetuneConfig(TrainingConfig):
     )
     train_split: str = option("train", help="Training split.")
     eval_split: str = option("val_unseen", help="Evaluation split (unseen houses).")
+    eval_episodes: int = option(
+        0,
+        help="Score a fixed random sample of this many --eval-split episodes (0: all of them); the "
+        "sample depends on the split alone, so every run and seed is scored on the same episodes.",
+    )
     predict_splits: list[str] = option(
         default_factory=list,
         help="Splits to run the final agent on and write predictions_<split>.json for (submission "
@@ -181,6 +186,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         cfg.run_dir = f"runs/prevalent-finetune-{task.name}"
     if cfg.help_budget < 0:
         raise UserError(f"--help-budget must be ≥ 0, got {cfg.help_budget}")
+    if cfg.eval_episodes < 0:
+        raise UserError(f"--eval-episodes must be ≥ 0 (0: all), got {cfg.eval_episodes}")
     data_paths(cfg.data, cfg.features)  # wrong paths are refused before the run opens
     pretrained = None if cfg.pretrained.lower() in ("", "none") else Path(cfg.pretrained)
     # Reading a bundle's config writes nothing: a missing bundle is refused before the run opens too.
@@ -195,6 +202,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
         options = TaskOptions(history=cfg.history, path_type=cfg.path_type)
         train_episodes = task.load(world.data_dir, cfg.train_split, options)
         eval_episodes = task.load(world.data_dir, cfg.eval_split, options)
+        if cfg.eval_episodes:
+            eval_episodes = fixed_sample(eval_episodes, cfg.eval_episodes, seed=0)
         if not train_episodes or not eval_episodes:
             raise UserError(
                 f"task {task.name}: no episodes with a goal in split {cfg.train_split!r} or "
@@ -300,6 +309,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
             "split": cfg.eval_split,
             "pretrained": str(pretrained) if pretrained else None,
             "steps": cfg.steps,
+            "episodes": len(eval_episodes),
+            "houses": len({e.scan for e in eval_episodes}),
             "metrics": last_eval,
             "random_agent": random_metrics,
             "truncated_texts": runner.truncated,

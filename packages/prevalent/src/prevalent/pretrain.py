@@ -14,7 +14,6 @@ by default, which is where ``prevalent-finetune`` looks for it.
 
 from __future__ import annotations
 
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from prevalent.model.masking import MaskingRule, mask_tokens
 from prevalent.model.pretrained import save_bundle
 from prevalent.model.tokenizer import InstructionTokenizer, build_tokenizer
 from prevalent.rollout import World, data_paths, open_world, synthetic_world
-from prevalent.tasks import NavEpisode, TaskOptions, get_task, training_texts
+from prevalent.tasks import NavEpisode, TaskOptions, fixed_sample, get_task, training_texts
 
 
 @dataclass(frozen=True)
@@ -203,18 +202,6 @@ def accumulate_gradients(
     return totals
 
 
-def sample_triplets(triplets: list[Triplet], count: int, seed: int) -> list[Triplet]:
-    """``count`` of ``triplets`` drawn at random (fixed by ``seed``), in their original order.
-
-    A sample of every step of every path, so the held-out accuracy covers the middle and the end
-    (STOP) of paths in their true proportions, not only the first steps of the first paths.
-    """
-    if count >= len(triplets):
-        return list(triplets)
-    chosen = sorted(random.Random(seed).sample(range(len(triplets)), count))
-    return [triplets[i] for i in chosen]
-
-
 @torch.no_grad()
 def evaluate(
     model: PrevalentPretrainingModel,
@@ -364,7 +351,9 @@ def pretrain(cfg: PretrainConfig) -> int:
             tokenizer.mask_id, tokenizer.vocab_size, tokenizer.special_ids, cfg.mask_probability
         )
         train_triplets = teacher_triplets(train_episodes, world)
-        held_out = sample_triplets(teacher_triplets(eval_episodes, world), cfg.eval_triplets, cfg.seed)
+        # A sample of every step of every path: the middle and the end (STOP) of paths in their true
+        # proportions, not only the first steps of the first paths.
+        held_out = fixed_sample(teacher_triplets(eval_episodes, world), cfg.eval_triplets, cfg.seed)
         # A triplet reads the panorama where it stands: refuse a store lacking one now, not mid-run.
         world.features.require(
             {(train_episodes[t.episode].scan, t.viewpoint) for t in train_triplets}

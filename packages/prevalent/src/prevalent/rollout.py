@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from dgm_core.errors import UserError
 from prevalent.data.hanna import HelpResponse
-from prevalent.data.synthetic import default_data_dir, make_synthetic_dataset
+from prevalent.data.synthetic import DATASET_FORMAT, default_data_dir, make_synthetic_dataset
 from prevalent.env import IGNORE_ACTION, STOP_ACTION, BatchNavEnv, FeatureStore, NavGraph, NavGraphs
 from prevalent.tasks import NavEpisode, Task
 
@@ -108,8 +108,20 @@ def synthetic_world(folder: Path, seed: int, **sizes) -> World:
     if not (folder / "dataset.json").is_file():
         make_synthetic_dataset(folder, seed=seed, **sizes)
     manifest = json.loads((folder / "dataset.json").read_text())
-    if manifest.get("config", {}).get("seed") != seed:
+    if manifest.get("format") != DATASET_FORMAT:
+        raise UserError(
+            f"{folder} holds synthetic worlds of format {manifest.get('format')!r}, this version writes "
+            f"{DATASET_FORMAT!r}: move the folder away (it is then generated anew) or pass --data"
+        )
+    made = manifest.get("config", {})
+    if made.get("seed") != seed:
         raise UserError(f"{folder} holds synthetic worlds of another seed; move it away or pass --data")
+    differing = {k: (made.get(k), v) for k, v in sizes.items() if made.get(k) != v}
+    if differing:
+        found = ", ".join(f"{k} {a}, wanted {b}" for k, (a, b) in differing.items())
+        raise UserError(
+            f"{folder} holds synthetic worlds of other sizes: {found}; move it away or pass --data"
+        )
     return World(folder, NavGraphs(folder / "connectivity"), FeatureStore.open(folder / "features"), True)
 
 

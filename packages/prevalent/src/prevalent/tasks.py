@@ -22,6 +22,7 @@ with :meth:`Task.submission`.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,3 +281,17 @@ def training_texts(data_dir: Path) -> list[str]:
     if not texts:
         raise UserError(f"no training instructions found in {data_dir} (R2R/, NDH/ or HANNA/ train splits)")
     return texts
+
+
+def fixed_sample(items: Sequence[Any], count: int, seed: int) -> list[Any]:
+    """``count`` of ``items`` drawn at random (fixed by ``seed``), in their original order; all of
+    them when ``count`` is at least their number.
+
+    Held-out sets use it: a sample of a whole split covers every house and every part of a path in
+    their true proportions (not only the first items of a file), and the same ``seed`` gives every
+    run the same sample.
+    """
+    if count >= len(items):
+        return list(items)
+    chosen = sorted(random.Random(seed).sample(range(len(items)), count))
+    return [items[i] for i in chosen]

@@ -24,6 +24,7 @@ Seen/unseen splits are by house; the same ``seed`` gives byte-identical files.
 """
 
 from prevalent.data.synthetic.dataset import (
+    DATASET_FORMAT,
     DEFAULT_DATA_DIR,
     DEFAULT_DATA_ROOT,
     SPLITS,
@@ -44,13 +45,17 @@ from prevalent.data.synthetic.houses import (
     connectivity_records,
     generate_house,
 )
-from prevalent.data.synthetic.language import describe_path
+from prevalent.data.synthetic.language import DIALOG, INSTRUCTION, Phrasing, describe_path
 
 __all__ = [
     "CAMERA_HEIGHT",
     "DEFAULT_DATA_DIR",
+    "DATASET_FORMAT",
     "DEFAULT_DATA_ROOT",
+    "DIALOG",
+    "INSTRUCTION",
     "OBJECT_NAMES",
+    "Phrasing",
     "ROOM_OBJECTS",
     "ROOM_TYPES",
     "SPLITS",

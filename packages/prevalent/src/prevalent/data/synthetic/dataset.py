@@ -15,6 +15,8 @@ from prevalent.data.synthetic.houses import House, connectivity_records, generat
 from prevalent.env.features import write_feature_store
 
 SPLITS = ("train", "val_seen", "val_unseen")
+#: version 2: NDH answers and HANNA help in their own template family (language.DIALOG)
+DATASET_FORMAT = "prevalent-synthetic/2"
 #: where ``prevalent-make-data`` writes (and the other CLIs look for) synthetic datasets, relative to the
 #: working directory: one folder per seed, ``runs/prevalent-synthetic/seed<N>``
 DEFAULT_DATA_ROOT = Path("runs/prevalent-synthetic")
@@ -131,7 +133,7 @@ def make_synthetic_dataset(
     (out / "houses.json").write_text(json.dumps(house_meta, indent=1))
     (out / "scans.txt").write_text("\n".join(m["scan"] for m in house_meta) + "\n")
     manifest = {
-        "format": "prevalent-synthetic/1",
+        "format": DATASET_FORMAT,
         "config": asdict(cfg),
         "splits": split_of,
         "counts": {split: {task: len(v) for task, v in records[split].items()} for split in SPLITS},

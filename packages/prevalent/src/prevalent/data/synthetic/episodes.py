@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from prevalent.data.synthetic.houses import House, Room
-from prevalent.data.synthetic.language import describe_path, find_request, navigator_question
+from prevalent.data.synthetic.language import DIALOG, describe_path, find_request, navigator_question
 from prevalent.env.graph import NavGraph
 
 
@@ -108,7 +108,9 @@ def ndh_items(
             route = route[4:]
             question = navigator_question(rng)
             final = len(route) <= 5
-            answer = describe_path(house, route[:5], heading, rng, stop=final, stop_object=obj[0]).lower()
+            answer = describe_path(
+                house, route[:5], heading, rng, stop=final, stop_object=obj[0], phrasing=DIALOG
+            ).lower()
             dialog += [
                 {"nav_idx": len(nav_history), "role": "navigator", "message": question},
                 {"nav_idx": len(nav_history), "role": "oracle", "message": answer},
@@ -135,7 +137,9 @@ def hanna_items(
         responses, h = [], heading
         for s in range(0, len(path) - 1, 4):
             segment = path[s : s + 5]
-            text = describe_path(house, segment, h, rng, stop=segment[-1] == path[-1], stop_object=obj[0])
+            text = describe_path(
+                house, segment, h, rng, stop=segment[-1] == path[-1], stop_object=obj[0], phrasing=DIALOG
+            )
             responses.append({"viewpoint": segment[0], "instruction": text, "path": segment})
             h = _heading_of_arrival(house, segment)
         items.append(
