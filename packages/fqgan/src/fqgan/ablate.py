@@ -1,11 +1,23 @@
 """``fqgan-ablate``: the paper's claim in miniature — FQ vs no FQ at equal budget, over several seeds.
 
 For each task (procedural ``shapes`` with the small conditional DCGAN/SNGAN;
-the 25-Gaussian ``grid25`` with MLPs), each variant (``none``: baseline;
-``loss_only``: FQ as the reference code; ``quantize``: FQ fed forward) and each
-seed, it trains with exactly the same options except ``--fq-mode``, evaluates
-the final EMA generator with :mod:`fqgan.evaluate`, and writes
-``<out_dir>/results.json`` and a markdown table (``results.md``) of mean ± std.
+``shapes_limited``, the same with a tenth of the images; the 25-Gaussian
+``grid25`` and the 8-Gaussian ``ring8`` with MLPs), each variant (``none``:
+baseline; ``loss_only``: FQ as the reference code; ``quantize``: FQ fed forward)
+and each seed, it trains with exactly the same options except ``--fq-mode``,
+evaluates the final EMA generator with :mod:`fqgan.evaluate`, and writes
+``<out_dir>/results.json`` and markdown tables (``results.md``): per variant each
+metric's mean and 95 % interval over the seeds, each FQ variant's difference
+from the baseline paired by seed, and, for the FQ variants, each dictionary's
+usage (perplexity and dead codes) at the last logged training step, read from
+the run's ``metrics.jsonl``.
+
+``shapes_limited`` exists because of the paper's argument for FQ: the
+dictionary, a moving average of the features of many recent batches, stands in
+for the true feature statistics where one mini-batch estimates them poorly,
+which is worst when there is little training data. It trains on 10 % of the
+``fqgan-train`` default ``--num-images`` (same data generator, same steps as
+``shapes``) and is evaluated like ``shapes``, against the full distribution.
 
 Runs are cached by their complete option set: a run's folder is named by a hash
 of its fully resolved ``fqgan-train`` config (every option, defaults included,
@@ -22,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import sys
 import time
@@ -38,16 +51,21 @@ from dgm_core.claims import Interval, mean_interval, paired_difference, results_
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.runtime.files import write_json_atomic
+from dgm_core.runtime.logging import read_metrics
 from fqgan.evaluate import EvalConfig, evaluate
 from fqgan.train import PRESETS, TrainConfig, train
 
+# A task's ``fqgan-train`` options on top of the defaults; ``data`` is the task name unless set here.
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "shapes": {},  # the demo settings
+    # The demo with a tenth of the images: little data, where FQ should matter most.
+    "shapes_limited": {"data": "shapes", "num_images": TrainConfig().num_images // 10},
     "grid25": {k: v for k, v in PRESETS["grid25"].items() if k != "run_dir"},
     "ring8": {k: v for k, v in PRESETS["ring8"].items() if k != "run_dir"},
 }
 METRICS = {
     "shapes": ("factor_fd", "mode_coverage", "confident_share", "combination_kl", "label_accuracy"),
+    "shapes_limited": ("factor_fd", "mode_coverage", "confident_share", "combination_kl", "label_accuracy"),
     "grid25": ("modes_covered", "high_quality", "mode_kl"),
     "ring8": ("modes_covered", "high_quality", "mode_kl"),
 }
@@ -58,10 +76,12 @@ class AblateConfig:
     """Options of ``fqgan-ablate``."""
 
     out_dir: str = option("runs/fqgan-ablate", help="Folder for every run and the result tables.")
-    tasks: str = option("shapes,grid25", help="Comma-separated tasks: shapes, grid25, ring8.")
+    tasks: str = option("shapes,grid25", help="Comma-separated tasks: shapes, shapes_limited, grid25, ring8.")
     variants: str = option("none,loss_only,quantize", help="Comma-separated --fq-mode values to compare.")
     seeds: int = option(5, help="Seeds per (task, variant): 0 .. N-1 (paired across variants).")
-    shapes_steps: int = option(300, help="Training steps of each shapes run (equal for every variant).")
+    shapes_steps: int = option(
+        300, help="Training steps of each shapes and shapes_limited run (equal for every variant)."
+    )
     mixture_steps: int = option(5000, help="Training steps of each grid25/ring8 run.")
     device: str = option("cpu", help="Device for every run.")
     classifier_cache: str = option("", help="Factor-classifier cache folder (default ~/.cache/fqgan).")
@@ -85,12 +105,17 @@ def _resolved(config: Any, *location_fields: str) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in location_fields}
 
 
+def task_data(task: str) -> str:
+    """The ``fqgan-train --data`` of a task (the task name is only the ablation's label)."""
+    return TASK_OPTIONS[task].get("data", task)
+
+
 def train_config_for(cfg: AblateConfig, task: str, variant: str, seed: int) -> TrainConfig:
     """The complete ``fqgan-train`` config of one run (``run_dir`` still to be set from its key)."""
-    steps = cfg.shapes_steps if task == "shapes" else cfg.mixture_steps
+    steps = cfg.shapes_steps if task_data(task) == "shapes" else cfg.mixture_steps
     options = {
         **TASK_OPTIONS[task],
-        "data": task,
+        "data": task_data(task),
         "fq_mode": variant,
         "seed": seed,
         "steps": steps,
@@ -100,6 +125,48 @@ def train_config_for(cfg: AblateConfig, task: str, variant: str, seed: int) -> T
         "keep_checkpoints": 1,
     }
     return cli.config_from_dict(TrainConfig, options, source=f"ablation run {task}-{variant}-seed{seed}")
+
+
+BASELINE = "none"
+DICTIONARY_STATS = {"fq/perplexity_": "perplexity", "fq/dead_codes_": "dead_codes"}
+
+
+def dictionary_usage(metrics_path: str | Path) -> dict[str, dict[str, float]]:
+    """Per FQ layer, its dictionary's perplexity and dead codes at the last step that logged them.
+
+    ``fqgan-train`` logs ``fq/perplexity_<layer>`` and ``fq/dead_codes_<layer>`` (of D's last
+    ``[real; fake]`` batch) with every metrics line; each value is taken from the last record of
+    ``metrics.jsonl`` that holds its key. Returns ``{layer: {"perplexity": x, "dead_codes": y}}``;
+    empty when the file is missing or holds no such key (a run without FQ). A non-finite value
+    (logged as a string) counts as missing.
+    """
+    path = Path(metrics_path)
+    if not path.is_file():
+        return {}
+    usage: dict[str, dict[str, float]] = {}
+    for record in read_metrics(path):
+        for key, value in record.items():
+            for prefix, stat in DICTIONARY_STATS.items():
+                if key.startswith(prefix) and len(key) > len(prefix):
+                    layer = usage.setdefault(key[len(prefix) :], {})
+                    try:
+                        number = float(value)
+                    except (TypeError, ValueError):
+                        number = math.nan
+                    if math.isfinite(number):
+                        layer[stat] = number
+                    else:  # a later non-finite value replaces an earlier finite one
+                        layer.pop(stat, None)
+    return {layer: stats for layer, stats in usage.items() if stats}
+
+
+def _with_dictionary(result: dict[str, Any], variant: str, run_dir: Path) -> dict[str, Any]:
+    """``result`` with the FQ variants' ``dictionary`` usage, when the run logged any."""
+    if variant != BASELINE and "dictionary" not in result:
+        usage = dictionary_usage(run_dir / "metrics.jsonl")
+        if usage:
+            result["dictionary"] = usage
+    return result
 
 
 def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, Any]:
@@ -122,7 +189,8 @@ def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, 
     eval_key = options_key({"train_key": train_key, "eval": _resolved(eval_cfg, "checkpoint", "output")})
     eval_path = run_dir / f"eval-{cfg.generator}-{eval_key}.json"
     if eval_path.is_file():
-        return json.loads(eval_path.read_text())
+        # An evaluation cached before dictionary usage was recorded gets it from the run's metrics.
+        return _with_dictionary(json.loads(eval_path.read_text()), variant, run_dir)
     record_path = run_dir / "ablation_run.json"
     finished = run_dir / "checkpoints" / f"step_{train_cfg.steps:06d}"
     if not finished.is_dir():  # else trained already (e.g. evaluated before with other eval options)
@@ -138,12 +206,34 @@ def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, 
     if seconds is not None:
         result["train_seconds"] = seconds
     result["options_key"] = {"train": train_key, "eval": eval_key}
+    _with_dictionary(result, variant, run_dir)
     write_json_atomic(eval_path, result)
     eval_path.with_suffix(".tmp.json").unlink(missing_ok=True)
     return result
 
 
-BASELINE = "none"
+def _interval_entry(values: list[float]) -> dict[str, Any]:
+    interval = mean_interval(values)
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "values": values}
+
+
+def summarise_dictionary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per layer, each dictionary statistic's per-seed values, mean and 95 % interval.
+
+    Empty unless every run has a ``dictionary`` (evaluations cached before it was recorded lack
+    it); a layer or statistic counts only when every run has it.
+    """
+    if not runs or not all(r.get("dictionary") for r in runs):
+        return {}
+    out: dict[str, Any] = {}
+    for layer in runs[0]["dictionary"]:
+        entry = {}
+        for stat in DICTIONARY_STATS.values():
+            if all(stat in r["dictionary"].get(layer, {}) for r in runs):
+                entry[stat] = _interval_entry([float(r["dictionary"][layer][stat]) for r in runs])
+        if entry:
+            out[layer] = entry
+    return out
 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -151,24 +241,25 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
     task, each FQ variant's paired difference from the baseline (same seed, same data).
 
     ``{"variants": {task: {variant: {metric: {mean, low, high, values}}}},
-    "paired": {task: {variant: {metric: {difference, low, high, p_value, wins, losses, ties}}}}}``.
+    "paired": {task: {variant: {metric: {difference, low, high, p_value, wins, losses, ties}}}},
+    "dictionary": {task: {variant: {layer: {"perplexity": {mean, low, high, values},
+    "dead_codes": {...}}}}}}``; ``dictionary`` holds only the variants all of whose runs have
+    dictionary usage (see :func:`summarise_dictionary`), and only the tasks with such a variant.
     """
     variants_out: dict[str, Any] = {}
     paired_out: dict[str, Any] = {}
+    dictionary_out: dict[str, Any] = {}
     for task, by_variant in results.items():
         for variant, runs in by_variant.items():
             row = {}
             for metric in (*METRICS[task], "train_seconds"):
                 values = [float(r[metric]) for r in runs if metric in r]
                 if values:
-                    interval = mean_interval(values)
-                    row[metric] = {
-                        "mean": interval.mean,
-                        "low": interval.low,
-                        "high": interval.high,
-                        "values": values,
-                    }
+                    row[metric] = _interval_entry(values)
             variants_out.setdefault(task, {})[variant] = row
+            usage = summarise_dictionary(runs)
+            if usage:
+                dictionary_out.setdefault(task, {})[variant] = usage
         baseline = by_variant.get(BASELINE)
         for variant, runs in by_variant.items():
             if baseline is None or variant == BASELINE:
@@ -188,7 +279,7 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
                         "ties": compared.ties,
                     }
             paired_out.setdefault(task, {})[variant] = row
-    return {"variants": variants_out, "paired": paired_out}
+    return {"variants": variants_out, "paired": paired_out, "dictionary": dictionary_out}
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -225,6 +316,20 @@ def markdown_table(summary: dict[str, Any], seeds: int) -> str:
                 for variant, row in paired.items()
             ]
             lines.append(results_table(table_rows, ["FQ", *paired_metrics]))
+            lines.append("")
+        dictionary = summary.get("dictionary", {}).get(task)
+        if dictionary:
+            lines.append(
+                f"*{task}: dictionary usage at the last logged training step, on D's last [real; fake] "
+                "batch (perplexity: exp of the entropy of the batch's code use; dead codes: codewords "
+                f"that no feature of that batch chose), mean [95 % interval] over {seeds} seeds*\n"
+            )
+            table_rows = [
+                [variant, layer, _cell(stats.get("perplexity")), _cell(stats.get("dead_codes"))]
+                for variant, layers in dictionary.items()
+                for layer, stats in layers.items()
+            ]
+            lines.append(results_table(table_rows, ["FQ", "layer", "perplexity", "dead codes"]))
             lines.append("")
     return "\n".join(lines)
 
