@@ -168,7 +168,7 @@ def _world_folder(cfg: ClaimConfig) -> Path:
 def claim_table(cfg: ClaimConfig, tasks: list[str], seeds: list[int], world: Path) -> tuple[str, dict]:
     """The Markdown table (and the raw numbers) from the runs' ``eval.json`` files."""
     results: dict = {}
-    episodes: dict[str, int] = {}
+    episodes: dict[str, tuple] = {}  # task -> (episodes scored, houses)
     for task in tasks:
         for arm in ARMS:
             for seed in seeds:
