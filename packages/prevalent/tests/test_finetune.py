@@ -329,6 +329,34 @@ def test_claim_table_reports_intervals_and_paired_differences_over_seeds(tmp_pat
     )
 
 
+@pytest.mark.slow
+def test_claim_runs_its_fine_tuning_in_parallel_processes_and_names_a_failed_run(
+    tiny_bundle, tmp_path, monkeypatch, capsys
+):
+    from prevalent.claim import main as claim_main
+
+    monkeypatch.chdir(tmp_path)  # the claim world and the default world are generated here
+    small = ["--tasks", "hanna", "--seeds", "0,1", "--steps", "1", "--batch-size", "2"]
+    small += ["--eval-episodes", "6", "--jobs", "2", "--device", "cpu"]
+    # The tiny world's bundle has another feature size: its runs fail, and the error says which.
+    assert claim_main([*small, "--pretrained", str(tiny_bundle), "--run-dir", "wrong"]) == 2
+    error = capsys.readouterr().err
+    assert "fine-tuning wrong/hanna-pretrained-seed" in error and "feature" in error
+    # A bundle pretrained on the default world's training houses fits the claim world.
+    bundle = tmp_path / "pretrain"
+    pretrain_args = ["--run-dir", str(bundle), "--steps", "1", "--batch-size", "4", "--eval-triplets", "4"]
+    assert pretrain_main([*pretrain_args, "--no-progress", "--device", "cpu"]) == 0
+    assert claim_main([*small, "--pretrained", str(bundle / "encoder"), "--run-dir", "claim"]) == 0
+    runs = sorted(p.parent.name for p in (tmp_path / "claim").glob("*/eval.json"))
+    assert [r.rsplit("-", 1)[0] for r in runs] == [
+        "hanna-pretrained-seed0",
+        "hanna-pretrained-seed1",
+        "hanna-scratch-seed0",
+        "hanna-scratch-seed1",
+    ]
+    assert "| hanna | SR |" in (tmp_path / "claim" / "claim.md").read_text()
+
+
 def test_both_arms_fine_tune_on_the_same_episodes_and_are_scored_on_the_same_sample(
     tiny_world, tiny_bundle, tmp_path, monkeypatch
 ):

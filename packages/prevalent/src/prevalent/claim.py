@@ -18,7 +18,8 @@ and both are scored on unseen houses:
 Reported: SR/SPL (r2r, hanna; nDTW for r2r) and goal progress (cvdn) as the mean and 95 % interval
 over seeds, the paired difference (same seed, same episodes) and the random agent. Runs live in
 ``<run_dir>/<task>-<arm>-seed<N>-<digest of their options>``: finished runs are reused, any changed
-option trains anew. The table goes to ``<run_dir>/claim.md`` (and ``claim.json``), whatever it shows.
+option trains anew; ``--jobs`` fine-tunes several runs at once, one process and one torch thread each. The
+table goes to ``<run_dir>/claim.md`` (and ``claim.json``), whatever it shows.
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from dgm_core import cli
 from dgm_core.claims import mean_interval, paired_difference, results_table
@@ -70,6 +76,11 @@ class ClaimConfig:
     )
     synthetic_seed: int = option(0, help="Seed of the synthetic worlds (the pretrained bundle's).")
     device: str = option("auto", help="Device for every run.")
+    jobs: int = option(
+        0,
+        help="Fine-tuning runs at once, each in its own process on one torch thread "
+        "(0: one per CPU core on the CPU, 1 on a GPU; 1: one after another in this process).",
+    )
     table_only: bool = option(False, help="Only rebuild the table from the runs already in --run-dir.")
 
 
@@ -138,13 +149,14 @@ def claim(cfg: ClaimConfig) -> int:
                     progress=False,
                 )
             )
-        for task in tasks:
-            for arm in ARMS:
-                for seed in seeds:
-                    run_dir = run_dir_of(cfg, task, arm, seed, world)
-                    if not (run_dir / "eval.json").is_file():
-                        run_cfg = finetune_config(cfg, task, arm, seed, world)
-                        finetune(dataclasses.replace(run_cfg, run_dir=str(run_dir)))
+        pending = [
+            dataclasses.replace(finetune_config(cfg, task, arm, seed, world), run_dir=str(run_dir))
+            for task in tasks
+            for arm in ARMS
+            for seed in seeds
+            if not ((run_dir := run_dir_of(cfg, task, arm, seed, world)) / "eval.json").is_file()
+        ]
+        _fine_tune_all(pending, _jobs(cfg, len(pending)))
     table, results = claim_table(cfg, tasks, seeds, world)
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -157,6 +169,40 @@ def claim(cfg: ClaimConfig) -> int:
     )
     print(table)
     return 0
+
+
+def _jobs(cfg: ClaimConfig, runs: int) -> int:
+    if cfg.jobs < 0:
+        raise UserError(f"--jobs must be >= 0, got {cfg.jobs}")
+    if cfg.jobs:
+        return max(1, min(cfg.jobs, runs))
+    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu else max(1, min(os.cpu_count() or 1, runs))
+
+
+def _one_thread() -> None:
+    # The agents are small: a fine-tuning step is bound by Python and small kernels, so one run per
+    # core does more work than one run spread over every core (measured in the README).
+    torch.set_num_threads(1)
+
+
+def _fine_tune_all(runs: list[FinetuneConfig], jobs: int) -> None:
+    """Fine-tune every run, ``jobs`` at a time (each a separate process, so a crash is reported
+    with its run folder and the finished runs stay finished)."""
+    if jobs == 1:
+        for run in runs:
+            finetune(run)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+        futures = {pool.submit(finetune, run): run.run_dir for run in runs}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except Exception as error:
+                for other in futures:
+                    other.cancel()
+                raise UserError(f"fine-tuning {futures[future]} failed: {error}") from error
 
 
 def _world_folder(cfg: ClaimConfig) -> Path:
