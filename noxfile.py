@@ -202,8 +202,14 @@ def _marker_applies(marker: str) -> bool:
         raise ValueError(f"unsupported marker in a dependency: {marker!r}")
     here = sys.version_info[:2]
     wanted = tuple(int(part) for part in match.group(2).split("."))
-    return {"<": here < wanted, "<=": here <= wanted, ">": here > wanted, ">=": here >= wanted,
-            "==": here == wanted, "!=": here != wanted}[match.group(1)]
+    return {
+        "<": here < wanted,
+        "<=": here <= wanted,
+        ">": here > wanted,
+        ">=": here >= wanted,
+        "==": here == wanted,
+        "!=": here != wanted,
+    }[match.group(1)]
 
 
 @nox.session

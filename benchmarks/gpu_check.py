@@ -63,8 +63,13 @@ def quantizer_rows() -> list[Row]:
         return [("Triton nearest codeword vs torch (CUDA)", "FAILED", f"{type(error).__name__}: {error}")]
     agree = (triton_idx == torch_idx).float().mean().item()
     max_diff = (triton_dist - torch_dist).abs().max().item()
-    rows.append(("Triton nearest codeword vs torch, N=65536 C=256 K=1024", f"{agree:.6f} same index",
-                 f"max |distance diff| {max_diff:.2e}"))
+    rows.append(
+        (
+            "Triton nearest codeword vs torch, N=65536 C=256 K=1024",
+            f"{agree:.6f} same index",
+            f"max |distance diff| {max_diff:.2e}",
+        )
+    )
     for backend in ("torch", "triton"):
         seconds = _timed(lambda b=backend: nearest_codeword(x, codebook, backend=b), 10)
         rows.append((f"nearest codeword, {backend}", f"{seconds * 1e3:.2f} ms", ""))
@@ -78,16 +83,30 @@ def quantizer_rows() -> list[Row]:
     else:
         peer = VectorQuantize(dim=256, codebook_size=1024, decay=0.99).cuda().train()
         peer_s = _timed(lambda: peer(x.view(64, 1024, 256)), 10)
-        rows.append(("vector-quantize-pytorch VectorQuantize, same shape", f"{peer_s * 1e3:.2f} ms",
-                     f"dgm-core is {peer_s / ours_s:.2f}x faster"))
+        rows.append(
+            (
+                "vector-quantize-pytorch VectorQuantize, same shape",
+                f"{peer_s * 1e3:.2f} ms",
+                f"dgm-core is {peer_s / ours_s:.2f}x faster",
+            )
+        )
     return rows
 
 
 def biggan_step(precision: Precision) -> Callable[[], None]:
     from fqgan.models import build_models
 
-    config = {"arch": "biggan", "resolution": 32, "g_ch": 64, "d_ch": 64, "z_dim": 128, "num_classes": 10,
-              "fq_mode": "quantize", "fq_layers": "2", "fq_codebook_size": 1024}
+    config = {
+        "arch": "biggan",
+        "resolution": 32,
+        "g_ch": 64,
+        "d_ch": 64,
+        "z_dim": 128,
+        "num_classes": 10,
+        "fq_mode": "quantize",
+        "fq_layers": "2",
+        "fq_codebook_size": 1024,
+    }
     generator, discriminator = (m.cuda().train() for m in build_models(config))
     opt_g = torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.0, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.0, 0.999))
@@ -98,9 +117,10 @@ def biggan_step(precision: Precision) -> Callable[[], None]:
         z = torch.randn(64, 128, device="cuda")
         with precision.autocast():
             fake = generator(z, labels)
-            d_loss = F.relu(1 - discriminator(real, labels)).mean() + F.relu(
-                1 + discriminator(fake.detach(), labels)
-            ).mean()
+            d_loss = (
+                F.relu(1 - discriminator(real, labels)).mean()
+                + F.relu(1 + discriminator(fake.detach(), labels)).mean()
+            )
         precision.backward(d_loss.float())
         precision.step(opt_d)
         opt_d.zero_grad(set_to_none=True)
@@ -179,8 +199,13 @@ def training_rows(steps: int) -> list[Row]:
                 step = build(precision)
                 flops = _flops(step)
                 seconds = _timed(step, steps)
-                rows.append((f"{name}, {mode}", f"{seconds * 1e3:.1f} ms/step",
-                             f"{flops / seconds / 1e12:.1f} TFLOP/s"))
+                rows.append(
+                    (
+                        f"{name}, {mode}",
+                        f"{seconds * 1e3:.1f} ms/step",
+                        f"{flops / seconds / 1e12:.1f} TFLOP/s",
+                    )
+                )
             except Exception as error:
                 rows.append((f"{name}, {mode}", "FAILED", f"{type(error).__name__}: {str(error)[:120]}"))
             torch.cuda.empty_cache()
@@ -201,7 +226,9 @@ def ddp_rows() -> list[Row]:
     )
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-c", code],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     status = "ok: gradients equal on both ranks" if result.returncode == 0 else result.stderr[-200:]
     return [("2-GPU NCCL DDP step", "passed" if result.returncode == 0 else "FAILED", status)]
@@ -219,8 +246,10 @@ def main() -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     rows = quantizer_rows() + training_rows(args.steps) + ([] if args.skip_ddp else ddp_rows())
-    print(f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}\n")
+    print(
+        f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}\n"
+    )
     print("| check | result | notes |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
