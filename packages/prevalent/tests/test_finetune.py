@@ -329,6 +329,25 @@ def test_claim_table_reports_intervals_and_paired_differences_over_seeds(tmp_pat
     )
 
 
+def test_claim_runs_are_keyed_by_the_bundle_bytes_they_read(tmp_path):
+    from prevalent.claim import ClaimConfig, bundle_of, run_dir_of
+
+    cfg = ClaimConfig(run_dir=str(tmp_path), pretrain_steps=7)
+    bundle = bundle_of(cfg)
+    assert bundle == tmp_path / "pretrain-7steps" / "encoder"
+    bundle.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (bundle / name).write_text(name)
+    world = tmp_path / "world"
+    before = {arm: run_dir_of(cfg, "r2r", arm, 0, world) for arm in ("pretrained", "scratch")}
+    (bundle / "model.safetensors").write_text("pretrained again")  # same path, other weights
+    after = {arm: run_dir_of(cfg, "r2r", arm, 0, world) for arm in ("pretrained", "scratch")}
+    assert after["pretrained"] != before["pretrained"]
+    assert after["scratch"] == before["scratch"]  # it reads the tokenizer only
+    (bundle / "tokenizer.json").write_text("another vocabulary")
+    assert run_dir_of(cfg, "r2r", "scratch", 0, world) != before["scratch"]
+
+
 @pytest.mark.slow
 def test_claim_runs_its_fine_tuning_in_parallel_processes_and_names_a_failed_run(
     tiny_bundle, tmp_path, monkeypatch, capsys

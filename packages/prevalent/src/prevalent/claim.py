@@ -41,7 +41,7 @@ from dgm_core.claims import mean_interval, paired_difference, results_table
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from prevalent.data.synthetic import DEFAULT_DATA_ROOT, SyntheticConfig
-from prevalent.finetune import DEFAULT_PRETRAINED, FinetuneConfig, finetune
+from prevalent.finetune import FinetuneConfig, finetune
 from prevalent.pretrain import PretrainConfig, pretrain
 from prevalent.rollout import synthetic_world
 from prevalent.tasks import TASKS
@@ -59,7 +59,12 @@ ARMS = ("pretrained", "scratch")
 class ClaimConfig:
     run_dir: str = option("runs/prevalent-claim", help="Where the fine-tuning runs and the table go.")
     pretrained: str = option(
-        DEFAULT_PRETRAINED, help="Pretrained bundle (made with prevalent-pretrain if missing)."
+        "",
+        help="Pretrained bundle to use; empty: the claim's own, <run-dir>/pretrain-<N>steps/encoder, "
+        "made with prevalent-pretrain --steps N (--pretrain-steps) if missing.",
+    )
+    pretrain_steps: int = option(
+        3000, help="Pretraining steps of the claim's own bundle (batch 32: 2.7 passes over the triplets)."
     )
     tasks: str = option("r2r,cvdn,hanna", help="Comma-separated tasks.")
     seeds: str = option(
@@ -100,9 +105,20 @@ def claim_world(cfg: ClaimConfig) -> Path:
     return folder
 
 
+def bundle_of(cfg: ClaimConfig) -> Path:
+    """The pretrained bundle the claim uses: ``--pretrained``, or its own keyed by its steps."""
+    if cfg.pretrained:
+        return Path(cfg.pretrained)
+    return Path(cfg.run_dir) / f"pretrain-{cfg.pretrain_steps}steps" / "encoder"
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+
+
 def finetune_config(cfg: ClaimConfig, task: str, arm: str, seed: int, world: Path) -> FinetuneConfig:
     """One run's options: the two arms differ in where the encoder (and tokenizer) come from only."""
-    bundle = Path(cfg.pretrained)
+    bundle = bundle_of(cfg)
     return FinetuneConfig(
         task=task,
         steps=cfg.steps,
@@ -124,6 +140,13 @@ def run_dir_of(cfg: ClaimConfig, task: str, arm: str, seed: int, world: Path) ->
     options = cli.config_to_dict(finetune_config(cfg, task, arm, seed, world))
     options.pop("run_dir")
     options.pop("progress")
+    # A path names a bundle, its bytes are what a run learns from: a bundle pretrained anew at the
+    # same path must not reuse runs of the old one. The scratch arm reads the tokenizer only.
+    bundle = bundle_of(cfg)
+    used = (
+        ("config.json", "model.safetensors", "tokenizer.json") if arm == "pretrained" else ("tokenizer.json",)
+    )
+    options["bundle_content"] = {name: _file_digest(bundle / name) for name in used}
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
     return Path(cfg.run_dir) / f"{task}-{arm}-seed{seed}-{digest}"
 
@@ -136,14 +159,17 @@ def claim(cfg: ClaimConfig) -> int:
     seeds = [int(s) for s in cfg.seeds.split(",") if s]
     if len(seeds) < 2:
         raise UserError("prevalent-claim needs at least 2 seeds for an interval")
-    bundle = Path(cfg.pretrained)
+    bundle = bundle_of(cfg)
     world = claim_world(cfg) if not cfg.table_only else _world_folder(cfg)
     if not cfg.table_only:
         if not (bundle / "config.json").is_file():
+            if cfg.pretrained:
+                raise UserError(f"--pretrained {bundle}: no bundle there (no config.json)")
             print(f"{PROG}: no pretrained encoder at {bundle}; running prevalent-pretrain first")
             pretrain(
                 PretrainConfig(
                     run_dir=str(bundle.parent),
+                    steps=cfg.pretrain_steps,
                     synthetic_seed=cfg.synthetic_seed,
                     device=cfg.device,
                     progress=False,
