@@ -11,7 +11,8 @@ and both are scored on unseen houses:
 * evaluation on a fixed random sample of ``--eval-episodes`` episodes per task from
   ``--unseen-houses`` houses that neither pretraining nor fine-tuning ever saw: the claim world, the
   default synthetic world with more unseen houses and more episodes in them (its training houses,
-  episodes and features are the default world's, so the default pretrained bundle applies);
+  episodes and features are the default world's, so a bundle pretrained on the default world
+  applies; by default the claim pretrains its own for ``--pretrain-steps`` steps);
 * out of domain means other language: cvdn answers and hanna help are written in a template
   family (``language.DIALOG``) that neither r2r instructions nor the pretraining text use.
 
