@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dgm_core.claims import Interval, PairedDifference, mean_interval, paired_difference, results_table
+from dgm_core.claims import (
+    Interval,
+    PairedDifference,
+    mean_interval,
+    options_digest,
+    paired_difference,
+    parallel_jobs,
+    results_table,
+    run_parallel,
+)
 from dgm_core.errors import UserError
 
 
@@ -161,3 +170,60 @@ def test_results_table_is_markdown_with_escaped_pipes():
 def test_results_table_refuses_a_row_of_the_wrong_width():
     with pytest.raises(ValueError, match="has 1 cells for 2 columns"):
         results_table([["only one"]], columns=["a", "b"])
+
+
+def test_options_digest_ignores_key_order_and_changes_with_any_value():
+    record = {"steps": 300, "lr": 2e-4, "nested": {"a": 1, "b": [1, 2]}}
+    reordered = {"nested": {"b": [1, 2], "a": 1}, "lr": 2e-4, "steps": 300}
+    assert options_digest(record) == options_digest(reordered)
+    assert len(options_digest(record)) == 12 and len(options_digest(record, length=10)) == 10
+    assert options_digest(record).startswith(options_digest(record, length=10))
+    changed = {**record, "nested": {"a": 1, "b": [1, 3]}}
+    assert options_digest(changed) != options_digest(record)
+    assert options_digest({**record, "extra": None}) != options_digest(record)
+
+
+def test_options_digest_is_sha256_of_the_sorted_json():
+    import hashlib
+    import json
+
+    record = {"b": 1, "a": "x"}
+    expected = hashlib.sha256(json.dumps({"a": "x", "b": 1}).encode()).hexdigest()[:12]
+    assert options_digest(record) == expected
+
+
+def test_parallel_jobs_takes_a_request_caps_it_and_defaults_to_the_cores_on_cpu(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert parallel_jobs(3, runs=10, device="cpu") == 3
+    assert parallel_jobs(8, runs=2, device="cpu") == 2
+    assert parallel_jobs(0, runs=10, device="cpu") == 6
+    assert parallel_jobs(0, runs=4, device="cpu") == 4
+    assert parallel_jobs(0, runs=10, device="cuda:0") == 1
+    with pytest.raises(UserError, match="--jobs must be >= 0"):
+        parallel_jobs(-1, runs=3, device="cpu")
+
+
+def _square_unless_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("three is refused")
+    return value * value
+
+
+def _worker_threads(_: int) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_run_parallel_returns_results_in_call_order_in_this_process_with_one_job():
+    assert run_parallel(_square_unless_three, [(4,), (2,), (5,)], jobs=1) == [16, 4, 25]
+
+
+def test_run_parallel_in_worker_processes_keeps_call_order_and_uses_one_torch_thread_each():
+    assert run_parallel(_square_unless_three, [(v,) for v in (5, 1, 4, 2)], jobs=2) == [25, 1, 16, 4]
+    assert run_parallel(_worker_threads, [(0,), (1,)], jobs=2) == [1, 1]
+
+
+def test_run_parallel_names_the_failed_call():
+    with pytest.raises(UserError, match="value 3 failed: three is refused"):
+        run_parallel(_square_unless_three, [(1,), (3,), (2,)], jobs=2, describe=lambda a: f"value {a[0]}")

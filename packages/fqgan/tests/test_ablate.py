@@ -16,7 +16,8 @@ def test_ablation_writes_interval_and_paired_tables_and_reuses_finished_runs(tmp
     from dgm_core.claims import mean_interval, paired_difference
 
     out = tmp_path / "ablate"
-    args = ["--out-dir", str(out), "--tasks", "grid25", "--seeds", "2", "--mixture-steps", "2"]
+    # Two runs at a time, each in its own process: the parallel path end to end.
+    args = ["--out-dir", str(out), "--tasks", "grid25", "--seeds", "2", "--mixture-steps", "2", "--jobs", "2"]
     assert main([*args, "--variants", "none,loss_only", "--num-samples", "200"]) == 0
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert set(summary["variants"]["grid25"]) == {"none", "loss_only"}
@@ -58,7 +59,8 @@ def test_ablation_writes_interval_and_paired_tables_and_reuses_finished_runs(tmp
 
 def test_a_changed_option_is_run_again_and_the_same_options_are_reused(tmp_path, monkeypatch):
     out = tmp_path / "ablate"
-    base = ["--out-dir", str(out), "--tasks", "grid25", "--seeds", "1", "--variants", "none"]
+    # In this process (--jobs 1): worker processes would not see the monkeypatched task options.
+    base = ["--out-dir", str(out), "--tasks", "grid25", "--seeds", "1", "--variants", "none", "--jobs", "1"]
 
     def ablate(*extra):
         assert main([*base, *extra]) == 0
@@ -209,3 +211,5 @@ def test_shapes_limited_is_shapes_with_a_tenth_of_the_images():
     assert limited["num_images"] == TrainConfig().num_images // 10
     assert {k for k in shapes if shapes[k] != limited[k]} == {"num_images"}
     assert train_config_for(cfg, "grid25", "none", 0).data == "grid25"
+    # The shapes miniature is 16×16 with a dictionary after each of its D's three blocks.
+    assert shapes["resolution"] == 16 and shapes["fq_layers"] == "0,1,2"

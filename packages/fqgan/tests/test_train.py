@@ -58,6 +58,13 @@ def test_training_on_shapes_writes_samples_metrics_and_checkpoints(tmp_path, fq_
     assert any(k.startswith("generator_ema.") for k in weights)
 
 
+def test_sample_every_zero_writes_only_the_final_grid(tmp_path):
+    run_dir = tmp_path / "run"
+    options = [*TINY, "--fq-mode", "none", "--sample-every", "0", "--checkpoint-every", "0"]
+    assert main([*options, "--run-dir", str(run_dir)]) == 0
+    assert [p.name for p in (run_dir / "samples").glob("*.png")] == ["step_000003.png"]
+
+
 def test_training_on_an_image_folder_with_diffaugment(tmp_path):
     write_image_folder(tmp_path / "images", {"a": 10, "b": 10})
     run_dir = tmp_path / "run"

@@ -4,15 +4,26 @@
 report a claim (variant A beats B). :func:`mean_interval` gives the Student-t interval of a mean,
 :func:`paired_difference` the interval, paired t-test and win count of per-seed differences when the
 two settings share seeds and data, and :func:`results_table` lays cells out as a markdown table.
+
+Running them: :func:`options_digest` names a run's folder by its complete option set (so a finished
+run is reused and a changed option trains anew), and :func:`run_parallel` executes independent runs
+several at a time, one process and one torch thread each (:func:`parallel_jobs` picks how many).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Iterable, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from scipy import stats
 
 from dgm_core.errors import UserError
@@ -160,3 +171,64 @@ def results_table(rows: Iterable[Sequence[object]], columns: Sequence[str]) -> s
             raise ValueError(f"row {list(row)} has {len(row)} cells for {len(columns)} columns")
         lines.append(line(row))
     return "\n".join(lines)
+
+
+def options_digest(record: dict[str, Any], length: int = 12) -> str:
+    """A short hex digest of a JSON-able option record (key order does not matter; values JSON
+    cannot hold are taken by ``str``): the part of a run folder's name that says what it trained."""
+    text = json.dumps(record, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def parallel_jobs(requested: int, runs: int, device: str) -> int:
+    """How many runs :func:`run_parallel` executes at once.
+
+    ``requested`` > 0 is taken as given (capped by ``runs``); 0 means one per CPU core on the CPU and
+    one on a GPU (a GPU is shared better by one process at a time). Negative is an error.
+    """
+    if requested < 0:
+        raise UserError(f"--jobs must be >= 0, got {requested}")
+    if requested:
+        return max(1, min(requested, runs))
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return 1 if on_gpu else max(1, min(os.cpu_count() or 1, runs))
+
+
+def _one_torch_thread() -> None:
+    # The miniatures are small: a step is bound by Python and small kernels, so one run per core
+    # does more work than one run spread over every core.
+    torch.set_num_threads(1)
+
+
+Result = TypeVar("Result")
+
+
+def run_parallel(
+    function: Callable[..., Result],
+    calls: Sequence[tuple[Any, ...]],
+    jobs: int,
+    describe: Callable[[tuple[Any, ...]], str] = repr,
+) -> list[Result]:
+    """``[function(*args) for args in calls]``, ``jobs`` calls at a time, results in call order.
+
+    With ``jobs`` == 1 the calls run one after another in this process. Otherwise each runs in a
+    worker process (started by spawn, never fork: the caller may hold threads) on one torch thread;
+    ``function`` and its arguments must be picklable (a module-level function). The first call that
+    fails cancels those not started and raises a :class:`UserError` naming it (``describe(args)``);
+    calls that finished before stay finished, so their runs are on disk for the next attempt.
+    """
+    if jobs == 1:
+        return [function(*args) for args in calls]
+    context = multiprocessing.get_context("spawn")
+    results: list[Any] = [None] * len(calls)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_torch_thread) as pool:
+        futures = {pool.submit(function, *args): index for index, args in enumerate(calls)}
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except Exception as error:
+                for other in futures:
+                    other.cancel()
+                raise UserError(f"{describe(calls[index])} failed: {error}") from error
+    return results

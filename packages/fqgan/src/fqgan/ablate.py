@@ -1,6 +1,6 @@
 """``fqgan-ablate``: the paper's claim in miniature — FQ vs no FQ at equal budget, over several seeds.
 
-For each task (procedural ``shapes`` with the small conditional DCGAN/SNGAN;
+For each task (procedural ``shapes`` with the small conditional DCGAN/SNGAN at 16×16;
 ``shapes_limited``, the same with a tenth of the images; the 25-Gaussian
 ``grid25`` and the 8-Gaussian ``ring8`` with MLPs), each variant (``none``:
 baseline; ``loss_only``: FQ as the reference code; ``quantize``: FQ fed forward)
@@ -16,7 +16,7 @@ the run's ``metrics.jsonl``.
 dictionary, a moving average of the features of many recent batches, stands in
 for the true feature statistics where one mini-batch estimates them poorly,
 which is worst when there is little training data. It trains on 10 % of the
-``fqgan-train`` default ``--num-images`` (same data generator, same steps as
+``fqgan-train`` default ``--num-images`` (same data generator, same recipe and steps as
 ``shapes``) and is evaluated like ``shapes``, against the full distribution.
 
 Runs are cached by their complete option set: a run's folder is named by a hash
@@ -27,12 +27,15 @@ trains (or evaluates) again instead of returning old numbers, while a run with
 the same options is reused (trained ones are only evaluated; evaluated ones are
 read back), so an interrupted ablation continues where it stopped, and
 ``--generator raw`` evaluates the same runs' raw generators.
+
+``--jobs`` trains and evaluates several runs at once, each in its own process on one torch thread
+(default: one per CPU core on the CPU). The factor classifier and the real statistics are prepared
+once, before the runs start.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import platform
@@ -47,19 +50,39 @@ import torch
 import dgm_core
 import fqgan
 from dgm_core import cli
-from dgm_core.claims import Interval, mean_interval, paired_difference, results_table
+from dgm_core.claims import (
+    Interval,
+    mean_interval,
+    options_digest,
+    paired_difference,
+    parallel_jobs,
+    results_table,
+    run_parallel,
+)
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.runtime.files import write_json_atomic
 from dgm_core.runtime.logging import read_metrics
-from fqgan.evaluate import EvalConfig, evaluate
+from fqgan.evaluate import EvalConfig, evaluate, shapes_reference
 from fqgan.train import PRESETS, TrainConfig, train
 
 # A task's ``fqgan-train`` options on top of the defaults; ``data`` is the task name unless set here.
+# The shapes miniature: the demo's DCGAN pair at 16×16 (a quarter of the demo's pixels), with the
+# recipe that trained fastest of those tried on the 2-core CPU (batch 128, Adam 1e-3, β1 0.5, one D
+# update per G update; the README lists the others). Its D has three blocks, each with a dictionary.
+SHAPES_MINIATURE: dict[str, Any] = {
+    "resolution": 16,
+    "batch_size": 128,
+    "lr_g": 1e-3,
+    "lr_d": 1e-3,
+    "adam_beta1": 0.5,
+    "d_steps": 1,
+    "fq_layers": "0,1,2",
+}
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
-    "shapes": {},  # the demo settings
-    # The demo with a tenth of the images: little data, where FQ should matter most.
-    "shapes_limited": {"data": "shapes", "num_images": TrainConfig().num_images // 10},
+    "shapes": SHAPES_MINIATURE,
+    # The same with a tenth of the images: little data, where FQ should matter most.
+    "shapes_limited": {**SHAPES_MINIATURE, "data": "shapes", "num_images": TrainConfig().num_images // 10},
     "grid25": {k: v for k, v in PRESETS["grid25"].items() if k != "run_dir"},
     "ring8": {k: v for k, v in PRESETS["ring8"].items() if k != "run_dir"},
 }
@@ -76,27 +99,29 @@ class AblateConfig:
     """Options of ``fqgan-ablate``."""
 
     out_dir: str = option("runs/fqgan-ablate", help="Folder for every run and the result tables.")
-    tasks: str = option("shapes,grid25", help="Comma-separated tasks: shapes, shapes_limited, grid25, ring8.")
+    tasks: str = option(
+        "shapes,shapes_limited,grid25,ring8",
+        help="Comma-separated tasks: shapes, shapes_limited, grid25, ring8.",
+    )
     variants: str = option("none,loss_only,quantize", help="Comma-separated --fq-mode values to compare.")
     seeds: int = option(5, help="Seeds per (task, variant): 0 .. N-1 (paired across variants).")
     shapes_steps: int = option(
-        300, help="Training steps of each shapes and shapes_limited run (equal for every variant)."
+        1500, help="Training steps of each shapes and shapes_limited run (equal for every variant)."
     )
-    mixture_steps: int = option(5000, help="Training steps of each grid25/ring8 run.")
+    mixture_steps: int = option(8000, help="Training steps of each grid25/ring8 run.")
     device: str = option("cpu", help="Device for every run.")
     classifier_cache: str = option("", help="Factor-classifier cache folder (default ~/.cache/fqgan).")
     num_samples: int = option(0, help="Samples per evaluation (0: the fqgan-eval default).")
     generator: str = option("ema", help="Evaluate the EMA generator or the raw one.", choices=("ema", "raw"))
+    jobs: int = option(
+        0,
+        help="Runs at once, each in its own process on one torch thread (0: one per CPU core on the "
+        "CPU, 1 on a GPU; 1: one after another in this process).",
+    )
 
 
 def _split(spec: str) -> list[str]:
     return [s.strip() for s in spec.split(",") if s.strip()]
-
-
-def options_key(record: dict[str, Any]) -> str:
-    """A short hash of a JSON-able option record (key order does not matter)."""
-    text = json.dumps(record, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _resolved(config: Any, *location_fields: str) -> dict[str, Any]:
@@ -175,18 +200,11 @@ def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, 
         "train": _resolved(train_cfg, "run_dir"),
         "versions": {"fqgan": fqgan.__version__, "dgm_core": dgm_core.__version__},
     }
-    train_key = options_key(train_record)
+    train_key = options_digest(train_record)
     run_dir = Path(cfg.out_dir) / f"{task}-{variant}-seed{seed}-{train_key}"
     train_cfg.run_dir = str(run_dir)
-    eval_cfg = EvalConfig(
-        checkpoint=str(run_dir),
-        device=cfg.device,
-        seed=seed,
-        classifier_cache=cfg.classifier_cache,
-        num_samples=cfg.num_samples,
-        use_ema=cfg.generator == "ema",
-    )
-    eval_key = options_key({"train_key": train_key, "eval": _resolved(eval_cfg, "checkpoint", "output")})
+    eval_cfg = eval_config_for(cfg, run_dir, seed)
+    eval_key = options_digest({"train_key": train_key, "eval": _resolved(eval_cfg, "checkpoint", "output")})
     eval_path = run_dir / f"eval-{cfg.generator}-{eval_key}.json"
     if eval_path.is_file():
         # An evaluation cached before dictionary usage was recorded gets it from the run's metrics.
@@ -210,6 +228,28 @@ def run_one(cfg: AblateConfig, task: str, variant: str, seed: int) -> dict[str, 
     write_json_atomic(eval_path, result)
     eval_path.with_suffix(".tmp.json").unlink(missing_ok=True)
     return result
+
+
+def eval_config_for(cfg: AblateConfig, run_dir: Path, seed: int) -> EvalConfig:
+    """The ``fqgan-eval`` config of one run."""
+    return EvalConfig(
+        checkpoint=str(run_dir),
+        device=cfg.device,
+        seed=seed,
+        classifier_cache=cfg.classifier_cache,
+        num_samples=cfg.num_samples,
+        use_ema=cfg.generator == "ema",
+    )
+
+
+def prepare_shapes_references(cfg: AblateConfig, tasks: list[str]) -> None:
+    """Train and cache the factor classifier and real statistics of every shapes resolution once,
+    here, before parallel runs would each do it (and race to write the same cache)."""
+    resolutions = {
+        train_config_for(cfg, task, BASELINE, 0).resolution for task in tasks if task_data(task) == "shapes"
+    }
+    for resolution in sorted(resolutions):
+        shapes_reference(eval_config_for(cfg, Path(), 0), resolution, cfg.device)
 
 
 def _interval_entry(values: list[float]) -> dict[str, Any]:
@@ -344,11 +384,19 @@ def ablate(cfg: AblateConfig) -> dict[str, Any]:
             raise UserError(f"unknown variant '{variant}': expected none, loss_only or quantize")
     if cfg.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {cfg.seeds}")
+    # Seeds before variants: an interrupted ablation has finished every variant of its first seeds.
+    calls = [
+        (cfg, task, variant, seed) for task in tasks for seed in range(cfg.seeds) for variant in variants
+    ]
+    jobs = parallel_jobs(cfg.jobs, len(calls), cfg.device)
+    if jobs > 1:
+        prepare_shapes_references(cfg, tasks)
+    outcomes = run_parallel(
+        run_one, calls, jobs, describe=lambda call: f"ablation run {call[1]}-{call[2]}-seed{call[3]}"
+    )
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for task in tasks:
-        for seed in range(cfg.seeds):  # seeds outermost: partial results cover every variant early
-            for variant in variants:
-                results.setdefault(task, {}).setdefault(variant, []).append(run_one(cfg, task, variant, seed))
+    for (_, task, variant, _), result in zip(calls, outcomes):  # per variant, in seed order
+        results.setdefault(task, {}).setdefault(variant, []).append(result)
     summary = summarise(results)
     out = Path(cfg.out_dir)
     machine = f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"

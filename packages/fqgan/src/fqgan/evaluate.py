@@ -40,7 +40,7 @@ from dgm_core import cli
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from dgm_core.inference import InferenceRuntime, RuntimeConfig, open_inference
-from dgm_core.metrics import extract_features, load_fid_inception
+from dgm_core.metrics import FeatureStatistics, extract_features, load_fid_inception
 from dgm_core.runtime.files import write_json_atomic
 from fqgan.checkpoints import load_trained_models
 from fqgan.data import (
@@ -52,7 +52,7 @@ from fqgan.data import (
     make_shapes,
     mixture_centers,
 )
-from fqgan.factor_classifier import ClassifierRecipe, load_factor_classifier
+from fqgan.factor_classifier import ClassifierRecipe, FactorClassifier, load_factor_classifier
 from fqgan.generation import generate, generate_batches, truncated_noise
 from fqgan.metrics import (
     FLOOR_SHAPES_SEED,
@@ -153,19 +153,36 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-def _shapes_metrics(
-    cfg: EvalConfig, runtime: InferenceRuntime, samples: torch.Tensor, requested: torch.Tensor | None
-) -> dict[str, Any]:
+def shapes_reference(
+    cfg: EvalConfig, resolution: int, device: torch.device | str = "cpu"
+) -> tuple[FactorClassifier, dict[str, Any], FeatureStatistics]:
+    """The factor classifier (its config) and the real-shape statistics that ``cfg`` measures
+    ``resolution``-pixel samples with, each trained or computed once and then read from the cache.
+
+    Classifier, real statistics and floor are all at the generator's resolution: a 16-pixel G is
+    measured against 16-pixel shapes, not blamed for lacking the detail of 32-pixel ones. The
+    reference statistics are computed in fp32 whatever ``--precision`` is.
+    """
     cache = Path(cfg.classifier_cache) if cfg.classifier_cache else None
-    recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
-    classifier, classifier_config = load_factor_classifier(cache, recipe, device=runtime.device)
-    # Cached and shared by every evaluation, the reference statistics are computed in fp32 whatever
-    # --precision is; what is measured per evaluation runs in the requested precision.
+    recipe = ClassifierRecipe(
+        num_images=cfg.classifier_images, steps=cfg.classifier_steps, resolution=resolution
+    )
+    classifier, classifier_config = load_factor_classifier(cache, recipe, device=device)
     real_stats = real_shape_statistics(
         classifier, recipe, cfg.real_images, seed=REFERENCE_SHAPES_SEED, cache_dir=cache
     )
+    return classifier, classifier_config, real_stats
+
+
+def _shapes_metrics(
+    cfg: EvalConfig, runtime: InferenceRuntime, samples: torch.Tensor, requested: torch.Tensor | None
+) -> dict[str, Any]:
+    resolution = samples.shape[-1]
+    classifier, classifier_config, real_stats = shapes_reference(cfg, resolution, runtime.device)
     # The floor: a fresh real sample of the same size, measured the same way as the generated one.
-    floor = images_in_model_range(make_shapes(samples.shape[0], seed=FLOOR_SHAPES_SEED).images)
+    floor = images_in_model_range(
+        make_shapes(samples.shape[0], seed=FLOOR_SHAPES_SEED, resolution=resolution).images
+    )
     with runtime.precision.autocast():
         fake_features, fake_factors, fake_confidence = classifier.predict_with_confidence(samples)
         floor_features, floor_factors, floor_confidence = classifier.predict_with_confidence(floor)

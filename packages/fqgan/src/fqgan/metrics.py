@@ -190,12 +190,15 @@ def real_shape_statistics(
     seed: int,
     cache_dir: Path | None = None,
 ) -> FeatureStatistics:
-    """Classifier-feature statistics of ``num_images`` real shapes, cached beside the classifier (.npz)."""
+    """Classifier-feature statistics of ``num_images`` real shapes, cached beside the classifier (.npz).
+
+    The shapes are drawn at ``recipe.resolution``: the classifier's and the generator's resolution.
+    """
     cache_dir = cache_dir or default_cache_dir()
     path = Path(cache_dir) / f"shapes_stats-{recipe.key()}-n{num_images}-s{seed}.npz"
     if path.is_file():
         return FeatureStatistics.load_npz(path)
-    real = make_shapes(num_images, seed)
+    real = make_shapes(num_images, seed, recipe.resolution)
     features, _ = classifier.predict(images_in_model_range(real.images))
     stats = FeatureStatistics(features.shape[1])
     stats.update(features)

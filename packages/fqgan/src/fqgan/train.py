@@ -112,7 +112,7 @@ class TrainConfig(TrainingConfig):
     ema_start: int = option(100, help="Step from which G EMA averages (before: plain copy).")
     diffaug: str = option("", help="DiffAugment policy for real and fake, e.g. translation,cutout,color.")
     sample_every: int = option(
-        100, help="Write a sample grid from fixed noise every N steps (and at the end)."
+        100, help="Write a sample grid from fixed noise every N steps and at the end (0: only at the end)."
     )
     num_grid_samples: int = option(64, help="Images per sample grid.")
     fid_every: int = option(
@@ -470,7 +470,9 @@ class TrainingFID:
     def _prepare(self, dataset: ImageDataset | PackedImages) -> FrechetYardstick:
         cfg, run = self.cfg, self.run
         if cfg.data == "shapes":
-            recipe = ClassifierRecipe(num_images=cfg.classifier_images, steps=cfg.classifier_steps)
+            recipe = ClassifierRecipe(
+                num_images=cfg.classifier_images, steps=cfg.classifier_steps, resolution=cfg.resolution
+            )
             return shapes_yardstick(recipe, cfg.fid_real_images, cfg.classifier_cache, run.device)
         stats = cfg.fid_stats or str(run.run_dir / "fid_stats.npz")
         return inception_yardstick(cfg.inception_weights, stats, lambda: dataset, FID_BATCH_SIZE, run.device)
@@ -591,7 +593,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                     metrics = {**d_metrics, **g_metrics, "images_per_s": images_seen / max(elapsed, 1e-9)}
                     last = run.log(step, {**metrics, **quality})
                     images_seen, clock = 0, time.perf_counter()
-                if run.dist.is_main and (step % max(1, cfg.sample_every) == 0 or step == cfg.steps):
+                grid_due = cfg.sample_every > 0 and step % cfg.sample_every == 0
+                if run.dist.is_main and (grid_due or step == cfg.steps):
                     grid_file = run.samples_dir / f"step_{step:06d}.png"
                     save_sample_grid(ema.model, grid_z, grid_y, grid_file, mixture)
         run.logger.info("done: %s", run.run_dir)

@@ -29,7 +29,6 @@ trains anew while finished runs and measurements are reused. Results go to ``cla
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shlex
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 
 from dgm_core import cli
-from dgm_core.claims import mean_interval, paired_difference, results_table
+from dgm_core.claims import mean_interval, options_digest, paired_difference, results_table
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from optimus.classify import accuracy_curve, parse_shots
@@ -108,7 +107,7 @@ class ClaimConfig:
 
 
 def _digest(values: dict) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return options_digest(values, length=10)
 
 
 def _train_once(cfg: ClaimConfig, name: str, seed: int, steps: int, **overrides) -> Path:

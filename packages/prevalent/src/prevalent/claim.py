@@ -28,17 +28,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
-import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dgm_core import cli
-from dgm_core.claims import mean_interval, paired_difference, results_table
+from dgm_core.claims import (
+    mean_interval,
+    options_digest,
+    paired_difference,
+    parallel_jobs,
+    results_table,
+    run_parallel,
+)
 from dgm_core.cli import option
 from dgm_core.errors import UserError
 from prevalent.data.synthetic import DEFAULT_DATA_ROOT, SyntheticConfig
@@ -148,8 +150,7 @@ def run_dir_of(cfg: ClaimConfig, task: str, arm: str, seed: int, world: Path) ->
         ("config.json", "model.safetensors", "tokenizer.json") if arm == "pretrained" else ("tokenizer.json",)
     )
     options["bundle_content"] = {name: _file_digest(bundle / name) for name in used}
-    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
-    return Path(cfg.run_dir) / f"{task}-{arm}-seed{seed}-{digest}"
+    return Path(cfg.run_dir) / f"{task}-{arm}-seed{seed}-{options_digest(options, length=10)}"
 
 
 def claim(cfg: ClaimConfig) -> int:
@@ -183,7 +184,12 @@ def claim(cfg: ClaimConfig) -> int:
             for seed in seeds
             if not ((run_dir := run_dir_of(cfg, task, arm, seed, world)) / "eval.json").is_file()
         ]
-        _fine_tune_all(pending, _jobs(cfg, len(pending)))
+        run_parallel(
+            finetune,
+            [(run,) for run in pending],
+            parallel_jobs(cfg.jobs, len(pending), cfg.device),
+            describe=lambda args: f"fine-tuning {args[0].run_dir}",
+        )
     table, results = claim_table(cfg, tasks, seeds, world)
     root = Path(cfg.run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -196,40 +202,6 @@ def claim(cfg: ClaimConfig) -> int:
     )
     print(table)
     return 0
-
-
-def _jobs(cfg: ClaimConfig, runs: int) -> int:
-    if cfg.jobs < 0:
-        raise UserError(f"--jobs must be >= 0, got {cfg.jobs}")
-    if cfg.jobs:
-        return max(1, min(cfg.jobs, runs))
-    on_gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    return 1 if on_gpu else max(1, min(os.cpu_count() or 1, runs))
-
-
-def _one_thread() -> None:
-    # The agents are small: a fine-tuning step is bound by Python and small kernels, so one run per
-    # core does more work than one run spread over every core (measured in the README).
-    torch.set_num_threads(1)
-
-
-def _fine_tune_all(runs: list[FinetuneConfig], jobs: int) -> None:
-    """Fine-tune every run, ``jobs`` at a time (each a separate process, so a crash is reported
-    with its run folder and the finished runs stay finished)."""
-    if jobs == 1:
-        for run in runs:
-            finetune(run)
-        return
-    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
-        futures = {pool.submit(finetune, run): run.run_dir for run in runs}
-        for future in as_completed(futures):
-            try:
-                future.result()
-            except Exception as error:
-                for other in futures:
-                    other.cancel()
-                raise UserError(f"fine-tuning {futures[future]} failed: {error}") from error
 
 
 def _world_folder(cfg: ClaimConfig) -> Path:
