@@ -106,7 +106,7 @@ class AblateConfig:
     variants: str = option("none,loss_only,quantize", help="Comma-separated --fq-mode values to compare.")
     seeds: int = option(5, help="Seeds per (task, variant): 0 .. N-1 (paired across variants).")
     shapes_steps: int = option(
-        1500, help="Training steps of each shapes and shapes_limited run (equal for every variant)."
+        1200, help="Training steps of each shapes and shapes_limited run (equal for every variant)."
     )
     mixture_steps: int = option(8000, help="Training steps of each grid25/ring8 run.")
     device: str = option("cpu", help="Device for every run.")

@@ -189,12 +189,27 @@ def ema_update_(
     """One EMA step of the dictionary, in place (all tensors float32, codebook/embed_avg (K, C)).
 
     ``cluster_size ← d·cluster_size + (1−d)·counts``, ``embed_avg ← d·embed_avg + (1−d)·sums``,
-    ``codebook = embed_avg / laplace_smoothed(cluster_size)``.
+    ``codebook = embed_avg / laplace_smoothed(cluster_size)``. Values below the dtype's smallest
+    normal number are set to zero (see :func:`flush_subnormal_`).
     """
     cluster_size.mul_(decay).add_(counts, alpha=1.0 - decay)
     embed_avg.mul_(decay).add_(sums, alpha=1.0 - decay)
+    flush_subnormal_(cluster_size)
+    flush_subnormal_(embed_avg)
     smoothed = laplace_smoothed_cluster_size(cluster_size, eps)
     torch.div(embed_avg, smoothed.unsqueeze(1), out=codebook)
+    flush_subnormal_(codebook)
+
+
+def flush_subnormal_(tensor: torch.Tensor) -> torch.Tensor:
+    """Set ``tensor``'s subnormal entries (0 < |x| < the dtype's smallest normal number) to zero, in place.
+
+    An unused codeword's statistics decay geometrically toward zero: at FQ-GAN's decay 0.8 they
+    become subnormal after about 400 updates, and so does the codeword. CPUs compute with subnormal
+    numbers many times slower, and every distance to the codebook then does: a 16×16 FQ-GAN run
+    on the CPU slowed 3.5× from that update on. Zero is the value they decay toward.
+    """
+    return tensor.masked_fill_(tensor.abs() < torch.finfo(tensor.dtype).tiny, 0.0)
 
 
 def perplexity(counts: torch.Tensor) -> torch.Tensor:
