@@ -494,3 +494,30 @@ def test_commitment_loss_is_the_same_when_computed_in_many_row_blocks(monkeypatc
     torch.testing.assert_close(grad_blocked, grad_whole)
     expected = (x.detach() - whole.quantized.detach()).pow(2).mean(1)
     torch.testing.assert_close(blocked.commitment_loss_per_sample, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_flush_subnormal_zeroes_only_numbers_below_the_smallest_normal_one():
+    from dgm_core.quantization.ops import flush_subnormal_
+
+    tiny = torch.finfo(torch.float32).tiny
+    values = torch.tensor([tiny / 4, -tiny / 2, tiny, -tiny, 1.0, 0.0, -3e-30])
+    expected = values.clone()
+    expected[:2] = 0.0
+    flush_subnormal_(values)
+    assert torch.equal(values, expected)
+
+
+def test_an_abandoned_codeword_decays_to_zero_without_passing_through_subnormal_numbers():
+    from dgm_core.quantization.ops import ema_update_
+
+    codebook, embed_avg = torch.ones(2, 3), torch.ones(2, 3)
+    cluster_size = torch.tensor([5.0, 5.0])
+    counts, sums = torch.tensor([4.0, 0.0]), torch.tensor([[4.0, 4.0, 4.0], [0.0, 0.0, 0.0]])
+    tiny = torch.finfo(torch.float32).tiny
+    for _ in range(600):  # 0.8 ** 600 ≈ 1e-58: far below float32's normal range
+        ema_update_(codebook, cluster_size, embed_avg, counts, sums, decay=0.8, eps=1e-5)
+        for tensor in (codebook, cluster_size, embed_avg):
+            assert not ((tensor != 0) & (tensor.abs() < tiny)).any()
+    assert cluster_size[1] == 0 and embed_avg[1].eq(0).all() and codebook[1].eq(0).all()
+    # The codeword in use is unaffected: it converges to its features' mean.
+    assert codebook[0].tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-4)
