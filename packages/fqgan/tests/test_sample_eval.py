@@ -84,6 +84,23 @@ def test_eval_on_shapes_writes_factor_metrics(shapes_run, tmp_path):
     assert again["factor_fd"] == pytest.approx(result["factor_fd"])
 
 
+def test_a_16_pixel_generator_is_measured_against_16_pixel_shapes(tmp_path):
+    run_dir, cache = tmp_path / "run16", tmp_path / "cache"
+    assert (
+        train_main([*TINY_TRAIN, "--resolution", "16", "--fq-layers", "0,1,2", "--run-dir", str(run_dir)])
+        == 0
+    )
+    args = ["--checkpoint", str(run_dir), "--num-samples", "160", "--classifier-cache", str(cache)]
+    assert eval_main([*args, *TINY_CLASSIFIER]) == 0
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert math.isfinite(result["factor_fd"]) and math.isfinite(result["fd_real"])
+    # The classifier was trained on 16-pixel shapes, and the real statistics are cached under its key.
+    folder = next(p for p in cache.iterdir() if p.is_dir())
+    key = folder.name.removeprefix("factor_classifier-")
+    assert json.loads((folder / "config.json").read_text())["recipe"]["resolution"] == 16
+    assert [p.name.split("-")[1] for p in cache.glob("shapes_stats-*.npz")] == [key]
+
+
 def test_eval_on_a_mixture_counts_modes(tmp_path):
     run_dir = tmp_path / "grid"
     args = [

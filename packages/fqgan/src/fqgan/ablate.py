@@ -66,7 +66,6 @@ from dgm_core.runtime.logging import read_metrics
 from fqgan.evaluate import EvalConfig, evaluate, shapes_reference
 from fqgan.train import PRESETS, TrainConfig, train
 
-# A task's ``fqgan-train`` options on top of the defaults; ``data`` is the task name unless set here.
 # The shapes miniature: the demo's DCGAN pair at 16×16 (a quarter of the demo's pixels), with the
 # recipe that trained fastest of those tried on the 2-core CPU (batch 128, Adam 1e-3, β1 0.5, one D
 # update per G update; the README lists the others). Its D has three blocks, each with a dictionary.
@@ -79,6 +78,7 @@ SHAPES_MINIATURE: dict[str, Any] = {
     "d_steps": 1,
     "fq_layers": "0,1,2",
 }
+# A task's ``fqgan-train`` options on top of the defaults; ``data`` is the task name unless set here.
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "shapes": SHAPES_MINIATURE,
     # The same with a tenth of the images: little data, where FQ should matter most.
