@@ -184,6 +184,8 @@ def test_options_digest_ignores_key_order_and_changes_with_any_value():
 
 
 def test_options_digest_is_sha256_of_the_sorted_json():
+    # The formula the three claim commands used before it moved here: their cached run folders
+    # keep their names only while it stays exactly this.
     import hashlib
     import json
 
