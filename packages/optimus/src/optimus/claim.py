@@ -81,7 +81,7 @@ class ClaimConfig:
     reference_lambda: float = option(
         0.5, help="The λ whose VAE is compared with the autoencoder (the paper's fine-tuning λ)."
     )
-    ae_steps: int = option(2000, help="Steps of the first stage (autoencoder: no KL, z = posterior mean).")
+    ae_steps: int = option(4000, help="Steps of the first stage (autoencoder: no KL, z = posterior mean).")
     vae_steps: int = option(1000, help="Steps of the second stage (VAE fine-tuning, or more autoencoder).")
     corpus_size: int = option(10000, help="Embedded training sentences.")
     encoder_pooling: str = option("mean", help="What the latent head reads.", choices=("pooler", "mean"))
